@@ -1,0 +1,3 @@
+"""Slurm orchestrator for Megatron-style functional (regression) tests."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,64 @@
+"""The collector: the last job of a sweep (Slurm) or the last step of a local run.
+
+It records the scheduler's view (one sacct call), then collects, compares and reports. Each step after the
+verdicts is best-effort: a report that cannot be drawn never costs the verdicts.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .fsutil import read_json, write_json_atomic
+
+JOB_STATES_FILE = "job_states.json"
+
+
+def record_slurm_states(sweep_dir: Path) -> dict[str, dict]:
+    from . import slurm
+    from .submit import Submission, case_states
+
+    submission = Submission.read(sweep_dir)
+    plan_data = read_json(sweep_dir / "plan.json")
+    states = slurm.sacct_states(list(submission.arrays.values()))
+    job_states = case_states(plan_data, submission, states)
+    write_json_atomic(sweep_dir / JOB_STATES_FILE, dict(sorted(job_states.items())))
+    return job_states
+
+
+def finish_sweep(sweep_dir: str | Path) -> dict[str, Any]:
+    """collect → verdicts → report → history. Returns summary.json's content."""
+    from .collect import collect_sweep
+
+    sweep_dir = Path(sweep_dir)
+    collect_sweep(sweep_dir)
+    for step in (_report, _history):
+        try:
+            step(sweep_dir)
+        except Exception:  # noqa: BLE001 - reported, never fatal for the verdicts
+            traceback.print_exc()
+    return read_json(sweep_dir / "summary.json")
+
+
+def _report(sweep_dir: Path) -> None:
+    try:
+        from .report import write_report
+    except ImportError:
+        return
+    write_report(sweep_dir)
+
+
+def _history(sweep_dir: Path) -> None:
+    try:
+        from .history import append_sweep
+    except ImportError:
+        return
+    append_sweep(sweep_dir)
+
+
+def collector_main(sweep_dir: str) -> dict[str, Any]:
+    """Body of the Slurm collector job (afterany on every array, never requeued)."""
+    path = Path(sweep_dir)
+    record_slurm_states(path)
+    return finish_sweep(path)

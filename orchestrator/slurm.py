@@ -1,0 +1,120 @@
+"""Thin, batched access to Slurm's command-line tools (sacct, scontrol, scancel).
+
+Every poll is ONE sacct call for all jobs of a sweep, never one per task.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Reason", "NodeList", "ElapsedRaw", "Restarts")
+DEFAULT_MAX_ARRAY_SIZE = 1001
+# Slurm states after which a job will not run (again) by itself.
+FINAL_STATES = {
+    "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+    "PREEMPTED", "TIMEOUT", "REVOKED",
+}
+
+
+@dataclass
+class JobState:
+    job_id: str  # "123" or "123_4" for array task 4
+    state: str
+    exit_code: str
+    reason: str
+    node_list: str
+    elapsed_s: float
+    restarts: int
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def to_dict(self) -> dict:
+        return {
+            "job_id": self.job_id,
+            "state": self.state,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "node_list": self.node_list,
+            "elapsed_s": self.elapsed_s,
+            "attempts": self.restarts + 1,
+        }
+
+
+def available() -> bool:
+    return shutil.which("sbatch") is not None and shutil.which("sacct") is not None
+
+
+def _run(argv: list[str], timeout: float = 60) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:2])} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout
+
+
+def max_array_size() -> int:
+    """MaxArraySize from `scontrol show config`; Slurm's default when it cannot be read."""
+    if shutil.which("scontrol") is None:
+        return DEFAULT_MAX_ARRAY_SIZE
+    try:
+        text = _run(["scontrol", "show", "config"], timeout=30)
+    except (RuntimeError, subprocess.TimeoutExpired):
+        return DEFAULT_MAX_ARRAY_SIZE
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", text, re.MULTILINE)
+    return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, JobState]:
+    """State of every job/array task of the given job ids, from ONE sacct call.
+
+    Keys are "<id>" for plain jobs and "<array id>_<index>" for array tasks. Pending array tasks that
+    Slurm still keeps folded ("123_[2-5]") are expanded.
+    """
+    if not job_ids:
+        return {}
+    text = _run(["sacct", "-X", "-n", "-P", "--duplicates", "-j", ",".join(sorted(set(job_ids))),
+                 "--format=" + ",".join(SACCT_FIELDS)])
+    states: dict[str, JobState] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) != len(SACCT_FIELDS):
+            continue
+        job_id, _raw, state, exit_code, reason, nodes, elapsed, restarts = parts
+        state = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
+        for expanded in _expand_array_id(job_id):
+            # --duplicates lists requeued attempts too; the last line of a job id is its latest attempt.
+            states[expanded] = JobState(expanded, state, exit_code, reason, nodes,
+                                        float(elapsed or 0), int(restarts or 0))
+    return states
+
+
+def _expand_array_id(job_id: str) -> list[str]:
+    match = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not match:
+        return [job_id]
+    base, ranges = match.groups()
+    ranges = ranges.split("%")[0]
+    ids = []
+    for part in ranges.split(","):
+        if "-" in part:
+            low, high = part.split("-")
+            ids += [f"{base}_{i}" for i in range(int(low), int(high) + 1)]
+        elif part:
+            ids.append(f"{base}_{part}")
+    return ids
+
+
+def squeue_count(user_filter: str | None = None) -> int:
+    argv = ["squeue", "-h", "-o", "%i"]
+    if user_filter:
+        argv += ["-n", user_filter]
+    return len(_run(argv).split())
+
+
+def scancel(job_ids: list[str]) -> None:
+    if job_ids:
+        subprocess.run(["scancel", *job_ids], capture_output=True, check=False, timeout=60)

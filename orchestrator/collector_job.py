@@ -59,6 +59,12 @@ def _history(sweep_dir: Path) -> None:
 
 def collector_main(sweep_dir: str) -> dict[str, Any]:
     """Body of the Slurm collector job (afterany on every array, never requeued)."""
+    from .retry import retry_infra_failures
+
     path = Path(sweep_dir)
-    record_slurm_states(path)
+    job_states = record_slurm_states(path)
+    retried = retry_infra_failures(path, job_states)
+    if retried:
+        print(f"infrastructure retry of {len(retried)} case run(s); a new collector job will write the verdicts")
+        return {"retried": retried}
     return finish_sweep(path)

@@ -89,9 +89,22 @@ def failed(check: str, metric: str, test: str, detail: str) -> CheckResult:
 # ------------------------------------------------------------------------------------- training
 
 
-def allowed_failures(n: int) -> int:
-    """common.pipeline's budget for an approximate test over n > 1 values."""
+def failure_budget(n: int) -> int:
+    """common.pipeline's nominal budget k for an approximate test over n > 1 values."""
     return min(max(n // 100, 1), 50)
+
+
+def budget_passes(n: int, failures: int) -> bool:
+    """Megatron's pass rule, float arithmetic included: mean(is_close) >= 1 - k/n.
+
+    The rounding rejects exactly k failures for some n (3, 7, 19, 27, 63, 171 with k = 1).
+    """
+    return bool(np.float64(n - failures) / np.float64(n) >= 1 - (failure_budget(n) / n))
+
+
+def allowed_failures(n: int) -> int:
+    """How many failing steps the budget really lets through for n > 1 values."""
+    return next(f for f in range(failure_budget(n), -1, -1) if budget_passes(n, f))
 
 
 def _as_series(values: Mapping[str, Any]) -> dict[str, dict[int, Any]]:
@@ -161,7 +174,7 @@ def compare_lane(check: str, metric: str, lane: Lane, golden: Mapping[int, Any],
         result.passed = bool(np.all(is_close))
     else:
         result.allowed_failures = allowed_failures(n)
-        result.passed = bool(np.mean(is_close) >= 1 - (result.allowed_failures / n))
+        result.passed = bool(np.mean(is_close) >= 1 - (failure_budget(n) / n))
     bad = sorted(step for step, close in zip(steps, is_close, strict=True) if not close)
     result.steps_compared, result.steps_failed = n, len(bad)
     result.max_abs_diff, result.max_rel_diff = _diffs(actual_arr, golden_arr)

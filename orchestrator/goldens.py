@@ -99,7 +99,8 @@ def is_inference_golden(data: Any) -> bool:
     """True for an inference output (request ids and system keys), False for a training golden or `{}`."""
     if not isinstance(data, Mapping) or not data:
         return False
-    return not all(isinstance(value, Mapping) and "values" in value for value in data.values())
+    metric_keys = set(GoldenValueMetric.model_fields)
+    return not all(isinstance(value, Mapping) and metric_keys & set(value) for value in data.values())
 
 
 def parse_training_golden(data: Mapping[str, Any], source: str | Path = "<golden>") -> dict[str, GoldenValueMetric]:

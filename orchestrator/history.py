@@ -12,8 +12,10 @@ Definitions
 - *comparable* sweeps: same environment and the same set of partitions. A sweep over other partitions
   (or another environment) runs other goldens, so diffing against it would report noise.
 - *flaky*: a (case, partition) is flaky when, among rows with the same code revision AND the same stack
-  fingerprint, one repeat or night FAILed and another PASSed. Rows whose revision is "unknown" or whose
-  fingerprint is empty never count: without them we cannot tell flakiness from a change.
+  fingerprint (AND the same golden file content), one repeat or night FAILed and another PASSed. Rows whose
+  revision is "unknown" or whose fingerprint is empty never count: without them we cannot tell flakiness
+  from a change. Failures that are states rather than outcomes (GOLDEN_MISSING, UNSUPPORTED, NOT_RUN,
+  DEPENDENCY) are not evidence either: a golden promoted between two nights turns FAIL into PASS.
   "Flaky now" needs the current sweep's own (revision, fingerprint) group to be flaky; "newly flaky" is
   flaky now and not flaky without the current sweep's rows.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import io
 import json
 import math
@@ -43,9 +46,11 @@ HISTORY_SCHEMA = 1
 HISTORY_COLUMNS = [
     "schema", "sweep_id", "night", "created", "revision", "environment", "partitions", "executor",
     "case", "partition", "platform", "repeat", "test_type", "mode", "verdict", "failure_class",
-    "fingerprint", "fingerprint_fields", "final_lm_loss", "median_iteration_time", "max_mem",
+    "fingerprint", "fingerprint_fields", "golden_hash", "final_lm_loss", "median_iteration_time", "max_mem",
 ]
 FAILING_VERDICTS = ("FAIL", "XPASS", "NOT_RUN")
+# FAILs that say nothing about flakiness: they follow from the setup, not from running the case.
+NOT_FLAKY_CLASSES = ("GOLDEN_MISSING", "UNSUPPORTED", "NOT_RUN", "DEPENDENCY")
 MEM_METRICS = ("mem-max-allocated-bytes", "mem-allocated-bytes")
 _REVISION_KEYS = ("revision", "git_revision", "git_commit", "commit", "code_revision")
 
@@ -107,6 +112,27 @@ def rows_for_run(table: pd.DataFrame, run: Mapping[str, Any]) -> pd.DataFrame:
         & (pd.to_numeric(table["repeat"], errors="coerce") == int(run["repeat"]))
     )
     return table[mask]
+
+
+RunIndex = dict[tuple[str, str, int], pd.DataFrame]
+
+
+def index_by_run(table: pd.DataFrame) -> RunIndex:
+    """Split a collector table once by (case, partition, repeat): per-run masks are quadratic on big sweeps."""
+    if table.empty:
+        return {}
+    repeats = pd.to_numeric(table["repeat"], errors="coerce").fillna(1).astype(int)
+    return {(str(c), str(p), int(r)): group
+            for (c, p, r), group in table.groupby([table["case"], table["partition"], repeats], sort=False)}
+
+
+def run_rows(index: RunIndex, table: pd.DataFrame, run: Mapping[str, Any]) -> pd.DataFrame:
+    """One plan case run's rows from an index_by_run index (empty frame with the table's columns if none)."""
+    for case in (run["case_id"], run["case_id"].rsplit("/", 1)[-1]):
+        found = index.get((case, run["partition"], int(run["repeat"])))
+        if found is not None:
+            return found
+    return table.iloc[0:0]
 
 
 def sweep_partitions(plan: Mapping[str, Any]) -> tuple[str, ...]:
@@ -223,12 +249,14 @@ def sweep_history_rows(sweep_dir: str | Path) -> pd.DataFrame:
         "partitions": ",".join(sweep_partitions(plan)),
         "executor": str(plan.get("executor", "")),
     }
-    rows = [_history_row(common, sweep_dir, run, verdicts, metrics) for run in plan.get("case_runs", [])]
+    by_run = index_by_run(metrics)
+    rows = [_history_row(common, sweep_dir, run, verdicts, run_rows(by_run, metrics, run))
+            for run in plan.get("case_runs", [])]
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
 def _history_row(common: dict[str, Any], sweep_dir: Path, run: Mapping[str, Any], verdicts: pd.DataFrame,
-                 metrics: pd.DataFrame) -> dict[str, Any]:
+                 run_metrics: pd.DataFrame) -> dict[str, Any]:
     verdict_rows = rows_for_run(verdicts, run)
     verdict = verdict_rows.iloc[0].to_dict() if len(verdict_rows) else {}
     fingerprint = read_run_fingerprint(sweep_dir / run["run_dir"])
@@ -246,8 +274,18 @@ def _history_row(common: dict[str, Any], sweep_dir: Path, run: Mapping[str, Any]
         "failure_class": verdict.get("failure_class", ""),
         "fingerprint": fingerprint_hash(fingerprint),
         "fingerprint_fields": json.dumps({k: v for k, v in fingerprint.items() if k != "hash"}, default=str),
-        **key_metrics(rows_for_run(metrics, run)),
+        "golden_hash": _file_hash(run.get("golden_path")),
+        **key_metrics(run_metrics),
     }
+
+
+def _file_hash(path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""
 
 
 def append_sweep(sweep_dir: str | Path, history_dir: str | Path | None = None) -> Path:
@@ -276,6 +314,9 @@ def read_history(history_dir: str | Path) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=HISTORY_COLUMNS)
     table = pd.concat(frames, ignore_index=True)
+    for column in HISTORY_COLUMNS:
+        if column not in table:
+            table[column] = "" if column in ("golden_hash", "fingerprint", "failure_class") else math.nan
     return table.sort_values(["created", "sweep_id", "case", "partition", "repeat"], kind="stable").reset_index(
         drop=True
     )
@@ -339,13 +380,16 @@ def previous_comparable(history: pd.DataFrame, sweep_id: str) -> str | None:
     return same[index - 1] if index > 0 else None
 
 
-def _flaky_keys(rows: pd.DataFrame) -> set[tuple[str, str, str, str]]:
-    """(case, partition, revision, fingerprint) groups that both FAILed and PASSed."""
+_FLAKY_GROUP = ["case", "partition", "revision", "fingerprint", "golden_hash"]
+
+
+def _flaky_keys(rows: pd.DataFrame) -> set[tuple[str, ...]]:
+    """(case, partition, revision, fingerprint, golden) groups that both FAILed and PASSed."""
     usable = rows[(rows["revision"] != "unknown") & (rows["revision"] != "") & (rows["fingerprint"] != "")]
     keys = set()
-    for key, group in usable.groupby(["case", "partition", "revision", "fingerprint"]):
-        verdicts = set(group["verdict"])
-        if "FAIL" in verdicts and "PASS" in verdicts:
+    for key, group in usable.groupby(_FLAKY_GROUP):
+        failed = ((group["verdict"] == "FAIL") & ~group["failure_class"].isin(NOT_FLAKY_CLASSES)).any()
+        if failed and (group["verdict"] == "PASS").any():
             keys.add(key)
     return keys
 
@@ -363,7 +407,7 @@ def history_diff(history: pd.DataFrame, sweep_id: str | None = None, case: str |
     """Diff `sweep_id` (default: the newest) against the previous comparable sweep."""
     if case:
         history = history[history["case"].map(lambda c: _case_selected(c, case))]
-    if history.empty:
+    if history.empty or (sweep_id and sweep_id not in set(history["sweep_id"])):
         return HistoryDiff(sweep_id=sweep_id, previous_sweep_id=None)
     sweep_id = sweep_id or str(_sweeps(history)["sweep_id"].iloc[-1])
     previous = previous_comparable(history, sweep_id)
@@ -391,8 +435,7 @@ def _add_flaky(diff: HistoryDiff, history: pd.DataFrame, current_rows: pd.DataFr
     upto = history[history["created"] <= current_rows["created"].iloc[0]]
     with_current = _flaky_keys(upto)
     without_current = _flaky_keys(upto[upto["sweep_id"] != diff.sweep_id])
-    current_groups = set(zip(current_rows["case"], current_rows["partition"], current_rows["revision"],
-                             current_rows["fingerprint"], strict=True))
+    current_groups = set(current_rows[_FLAKY_GROUP].itertuples(index=False, name=None))
     for key in sorted(with_current & current_groups):
         state, verdicts, classes = now[(key[0], key[1])]
         item = DiffItem(key[0], key[1], state, "", verdicts, classes)
@@ -419,7 +462,7 @@ def trend_table(history: pd.DataFrame, sweep_id: str | None = None, last: int = 
     x xfail, X xpass, - absent; repeats joined by '/'); metric columns hold the newest value and the
     relative change against the oldest sweep of the window.
     """
-    if history.empty:
+    if history.empty or (sweep_id and sweep_id not in set(history["sweep_id"])):
         return pd.DataFrame()
     sweep_id = sweep_id or str(_sweeps(history)["sweep_id"].iloc[-1])
     window = comparable_sweeps(history, sweep_id)

@@ -555,6 +555,20 @@ def dag_dot(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def code_revision() -> str:
+    """The project's git revision (with a `-dirty` suffix for uncommitted changes), or "unknown"."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
 def write_plan_files(plan: Plan) -> None:
     """plan.json, plan.txt, dag.json, dag.dot, sweep.json and one task.json per phase."""
     root = plan.sweep_dir
@@ -566,6 +580,7 @@ def write_plan_files(plan: Plan) -> None:
     write_json_atomic(root / "sweep.json", {
         "sweep": plan.sweep.model_dump(mode="json"),
         "cluster": plan.cluster.model_dump(mode="json"),
+        "revision": code_revision(),
         "pid": os.getpid(),
     })
     for run in plan.case_runs:

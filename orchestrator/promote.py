@@ -164,7 +164,7 @@ def inference_drift(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> li
         logprob_changes += _relative_changes(dict(enumerate(before.get("logprobs", []))),
                                              dict(enumerate(entry.get("logprobs", []))))
     rows = [DriftRow("generated_tokens", "changed" if token_changed else "unchanged", token_total,
-                     note=f"{token_changed} tokens differ")]
+                     note=f"{token_changed} token(s) differ")]
     if logprob_changes:
         status = "changed" if max(logprob_changes) > 0 else "unchanged"
         rows.append(DriftRow("logprobs", status, len(logprob_changes), max(logprob_changes),

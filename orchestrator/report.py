@@ -31,19 +31,21 @@ from .history import (
     default_history_dir,
     format_diff,
     history_diff,
+    index_by_run,
     read_csv_table,
     read_history,
     read_metrics,
     read_plan,
     read_verdicts,
-    rows_for_run,
+    run_rows,
     sweep_created,
     sweep_revision,
 )
-from .staleness import read_run_fingerprint
+from .staleness import as_bool, read_run_fingerprint
 
 MAX_PLOTTED_RUNS = 40
 PASSING_SAMPLE = 8
+MAX_FAILING_PLOTTED = 80  # beyond this a broken night would take minutes to draw
 MAX_TOKEN_REQUESTS = 20
 PERF_METRICS = ("iteration-time", "mem-allocated-bytes", "mem-max-allocated-bytes")
 VERDICT_COLORS = {  # background, text
@@ -111,11 +113,13 @@ def load_sweep(sweep_dir: str | Path) -> SweepView:
     sweep_dir = Path(sweep_dir).resolve()
     plan = read_plan(sweep_dir)
     verdicts, checks, metrics = read_verdicts(sweep_dir), read_csv_table(sweep_dir / "checks.csv"), read_metrics(sweep_dir)
+    by_verdict, by_check, by_metric = index_by_run(verdicts), index_by_run(checks), index_by_run(metrics)
     runs = []
     for run in plan.get("case_runs", []):
-        rows = rows_for_run(verdicts, run)
-        runs.append(RunView(run, rows.iloc[0].to_dict() if len(rows) else {}, rows_for_run(checks, run),
-                            rows_for_run(metrics, run), _read_golden(run.get("golden_path")), sweep_dir / run["run_dir"]))
+        rows = run_rows(by_verdict, verdicts, run)
+        runs.append(RunView(run, rows.iloc[0].to_dict() if len(rows) else {}, run_rows(by_check, checks, run),
+                            run_rows(by_metric, metrics, run), _read_golden(run.get("golden_path")),
+                            sweep_dir / run["run_dir"]))
     summary_path = sweep_dir / "summary.json"
     summary = read_json(summary_path) if summary_path.exists() else {}
     view = SweepView(sweep_dir, plan, runs, summary, sweep_revision(sweep_dir), sweep_created(sweep_dir, plan))
@@ -129,11 +133,15 @@ def select_plotted(runs: list[RunView]) -> tuple[list[RunView], str]:
         return runs, ""
     failing = [r for r in runs if not r.passing]
     passing = [r for r in runs if r.passing]
-    stride = max(1, math.ceil(len(passing) / PASSING_SAMPLE))
-    sample = passing[::stride][:PASSING_SAMPLE]
-    chosen = {id(r) for r in failing + sample}
+    count = min(PASSING_SAMPLE, len(passing))
+    sample = [passing[i * len(passing) // count] for i in range(count)]
+    shown = sorted(failing, key=_severity)[:MAX_FAILING_PLOTTED]
+    chosen = {id(r) for r in shown + sample}
+    which = (f"{len(failing)} non-passing ones" if len(shown) == len(failing)
+             else f"first {len(shown)} of the {len(failing)} non-passing ones (by verdict, then case)")
     note = (f"This sweep has {len(runs)} case runs (more than {MAX_PLOTTED_RUNS}): plots are shown for the "
-            f"{len(failing)} non-passing ones and a sample of {len(sample)} of the {len(passing)} passing ones.")
+            f"{which} and a sample of {len(sample)} of the {len(passing)} passing ones; the verdict table "
+            f"lists every case run.")
     return [r for r in runs if id(r) in chosen], note
 
 
@@ -191,8 +199,11 @@ def _figure(ncols: int, nrows: int):
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(min(4.6 * ncols, 15), 3.3 * nrows), dpi=80, layout="constrained")
-    grid = fig.add_gridspec(2 * nrows, ncols, height_ratios=[3, 1] * nrows)
+    # Fixed margins: constrained layout costs more than drawing the plot.
+    fig = Figure(figsize=(min(4.6 * ncols, 15), 3.3 * nrows), dpi=80)
+    grid = fig.add_gridspec(2 * nrows, ncols, height_ratios=[3, 1] * nrows, left=0.08, right=0.98,
+                            top=1 - 0.13 / nrows, bottom=0.1 / nrows, hspace=0.12 + 0.25 * (nrows > 1),
+                            wspace=0.22)
     return fig, grid
 
 
@@ -242,13 +253,32 @@ def _draw_metric_cell(top, strip, group: list[RunView], metric: str, partition: 
         top.plot(series.index, series.to_numpy(), color=PLOT_COLORS["repeat"], lw=0.7,
                  label=f"repeat {extra.run['repeat']}")
     _draw_delta_strip(strip, golden, phase1, phase2, rtol, is_time)
-    bg, fg = VERDICT_COLORS.get(main.verdict_name, ("#ffffff", "#000000"))
-    top.set_title(f"{partition} ({main.run.get('platform', '')}): {metric} — {main.verdict_name}", fontsize=9,
-                  color=fg, backgroundcolor=bg)
+    label, state = metric_status(main, metric)
+    bg, fg = VERDICT_COLORS.get(state, ("#ffffff", "#000000"))
+    top.set_title(f"{partition} ({main.run.get('platform', '')}): {metric}\n{label}", fontsize=8,
+                  color=fg, backgroundcolor=bg, linespacing=1.3)
     top.tick_params(labelsize=7, labelbottom=False)
     strip.tick_params(labelsize=7)
     strip.set_xlabel("step", fontsize=7)
-    top.legend(fontsize=6, loc="best")
+    top.legend(fontsize=6, loc="upper right")
+
+
+def metric_status(view: RunView, metric: str) -> tuple[str, str]:
+    """A metric's lanes for a plot title ("exact FAIL · rtol ok") and the verdict whose colors it gets."""
+    if view.checks.empty:
+        return "not checked", "NOT_RUN"
+    rows = view.checks[(view.checks["metric"] == metric) & view.checks["check"].isin(["golden", "resume"])]
+    if rows.empty:
+        return "not checked", "NOT_RUN"
+    passed = [as_bool(p) for p in rows["passed"]]
+    label = " · ".join(
+        f"{'resume ' if check == 'resume' else ''}{test} {'ok' if ok else 'FAIL'}"
+        for check, test, ok in zip(rows["check"], rows["test"], passed, strict=True))
+    if all(passed):
+        return label, "PASS"
+    exact_only = all(ok or test == "exact" and check == "golden"
+                     for check, test, ok in zip(rows["check"], rows["test"], passed, strict=True))
+    return label, "GOLDEN_STALE" if exact_only else "FAIL"
 
 
 def _draw_golden(ax, golden: pd.Series, rtol: float, is_time: bool) -> None:
@@ -355,7 +385,7 @@ def plot_logprob_delta(views: list[RunView]) -> str | None:
                      backgroundcolor=bg)
         ax.set_xlabel("token index", fontsize=7)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, loc="best")
+        ax.legend(fontsize=6, loc="upper right")
     return _png(fig)
 
 
@@ -364,10 +394,12 @@ def token_table_html(view: RunView) -> str:
     if not actual and not golden:
         return ""
     parts = [f"<h4>{_e(view.run['partition'])} repeat {view.run['repeat']}: generated tokens</h4>"]
+    if not golden:
+        parts.append("<p class=note>no golden to compare with: actual tokens only</p>")
     requests = sorted(set(actual) | set(golden), key=_request_order)
     for request in requests[:MAX_TOKEN_REQUESTS]:
         got = list(actual.get(request, {}).get("generated_tokens") or [])
-        want = list(golden.get(request, {}).get("generated_tokens") or [])
+        want = list(golden.get(request, {}).get("generated_tokens") or []) if golden else None
         parts.append(_token_rows(request, got, want))
     if len(requests) > MAX_TOKEN_REQUESTS:
         parts.append(f"<p class=note>{len(requests) - MAX_TOKEN_REQUESTS} more requests not shown.</p>")
@@ -378,10 +410,15 @@ def _request_order(request: str) -> tuple[int, str]:
     return (int(request), "") if request.isdigit() else (sys.maxsize, request)
 
 
-def _token_rows(request: str, got: list, want: list) -> str:
-    n = max(len(got), len(want))
-    mismatches = sum(1 for i in range(n) if _at(got, i) != _at(want, i))
+def _token_rows(request: str, got: list, want: list | None) -> str:
+    """Golden and actual tokens of one request, mismatches highlighted (no golden: the actual row only)."""
+    n = max(len(got), len(want or []))
     head = "".join(f"<th>{i}</th>" for i in range(n))
+    if want is None:
+        cells_a = "".join(_token_cell(_at(got, i), False) for i in range(n))
+        return (f"<div class=tokens><p>request {_e(request)}: {len(got)} tokens</p><table class=tok>"
+                f"<tr><th>#</th>{head}</tr><tr><th>actual</th>{cells_a}</tr></table></div>")
+    mismatches = sum(1 for i in range(n) if _at(got, i) != _at(want, i))
     cells_g = "".join(_token_cell(_at(want, i), _at(want, i) != _at(got, i)) for i in range(n))
     cells_a = "".join(_token_cell(_at(got, i), _at(want, i) != _at(got, i)) for i in range(n))
     status = "all tokens match" if not mismatches else f"{mismatches} token(s) differ"
@@ -408,7 +445,8 @@ def _token_text(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------- HTML
 
 CSS = """
-body{font-family:DejaVu Sans,Arial,sans-serif;margin:18px;color:#212121;background:#fff}
+body{font-family:DejaVu Sans,Arial,sans-serif;font-size:14px;margin:18px;color:#212121;background:#fff}
+p.meta{font-size:12px;color:#455a64;margin:0 0 4px}
 h1{font-size:22px;margin:0 0 6px}h2{font-size:18px;border-bottom:2px solid #e0e0e0;padding-bottom:3px}
 h3{font-size:15px;margin:18px 0 4px}h4{font-size:13px;margin:8px 0 2px}
 dl.meta{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13px;margin:6px 0}
@@ -416,12 +454,14 @@ dl.meta dt{font-weight:bold}dl.meta dd{margin:0;font-family:monospace}
 .badge{display:inline-block;padding:3px 10px;margin:2px 4px 2px 0;border-radius:10px;font-weight:bold;font-size:13px}
 table.verdicts{border-collapse:collapse;font-size:12px;width:100%}
 table.verdicts th,table.verdicts td{border:1px solid #bdbdbd;padding:3px 6px;text-align:left;vertical-align:top}
-table.verdicts th{background:#37474f;color:#fff}
+table.verdicts th{background:#37474f;color:#fff;white-space:nowrap}
+table.verdicts td.wrap{overflow-wrap:anywhere}
 td.fc{font-weight:bold;color:#fff}
 .note{font-size:12px;color:#555;background:#fff8e1;border-left:4px solid #ffb300;padding:4px 8px}
 .stale{background:#fff3e0;border:1px solid #ffb74d;padding:6px 12px}
 pre{background:#263238;color:#eceff1;padding:6px 10px;font-size:12px;overflow-x:auto}
-img.plot{display:block;max-width:100%;margin:6px 0;border:1px solid #e0e0e0}
+.plots{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
+img.plot{display:block;max-width:100%;border:1px solid #e0e0e0}
 .tokens{overflow-x:auto;font-size:11px}table.tok{border-collapse:collapse}
 table.tok td,table.tok th{border:1px solid #ddd;padding:1px 3px;font-family:monospace;text-align:right}
 table.tok td.mm{background:#ef5350;color:#fff;font-weight:bold}
@@ -490,11 +530,11 @@ def verdict_table_html(view: SweepView) -> str:
         fc_style = f" class=fc style='background:{CLASS_COLORS.get(failure_class, '#616161')}'" if failure_class else ""
         reason = run.verdict.get("reason") or run.run.get("unsupported") or ""
         body.append(
-            f"<tr class='verdict-row' data-verdict='{_e(run.verdict_name)}'><td>{case_cell}</td>"
+            f"<tr class='verdict-row' data-verdict='{_e(run.verdict_name)}'><td class=wrap>{case_cell}</td>"
             f"<td>{_e(run.run['partition'])}</td><td>{_e(run.run.get('platform', ''))}</td>"
             f"<td>{_e(run.run['repeat'])}</td><td>{_e(run.run.get('test_type', ''))}</td>"
             f"<td style='background:{bg};color:{fg};font-weight:bold'>{_e(run.verdict_name)}</td>"
-            f"<td{fc_style}>{_e(failure_class)}</td><td>{_e(reason)}</td>"
+            f"<td{fc_style}>{_e(failure_class)}</td><td class=wrap>{_e(reason)}</td>"
             f"<td>{_e(_fmt_float(run.verdict.get('wall_s')))}</td><td>{_e(run.verdict.get('retries', ''))}</td></tr>")
     return f"<section id=verdicts><h2>Verdicts</h2><table class=verdicts>{head}{''.join(body)}</table></section>"
 
@@ -563,15 +603,16 @@ def case_html(case_id: str, runs: list[RunView]) -> str:
     parts = [f"<h3 id='{_anchor(case_id)}'>{_e(case_id)}</h3>",
              f"<p class=meta>{_e(first.get('test_type', ''))} · {_e(first.get('mode', ''))} · {_e(verdicts)}</p>"]
     with_data = [r for r in runs if not r.metrics.empty or r.run.get("mode") == "inference"]
+    images = []
     if first.get("mode") == "inference":
         parts += [token_table_html(r) for r in with_data]
         image = plot_logprob_delta(with_data)
-        if image:
-            parts.append(_img(image, case_id, "logprobs"))
+        images += [_img(image, case_id, "logprobs")] if image else []
     else:
-        for metric in plotted_metrics(with_data):
-            views = [r for r in with_data if not r.metrics.empty]
-            parts.append(_img(plot_training_metric(views, metric), case_id, metric))
+        views = [r for r in with_data if not r.metrics.empty]
+        images += [_img(plot_training_metric(views, metric), case_id, metric) for metric in plotted_metrics(views)]
+    if images:
+        parts.append("<div class=plots>" + "".join(images) + "</div>")
     if not with_data or len(parts) == 2:
         reasons = "; ".join(f"{r.run['partition']}: {r.verdict.get('reason') or r.verdict_name}" for r in runs)
         parts.append(f"<p class=note>no metrics recorded ({_e(reasons)})</p>")

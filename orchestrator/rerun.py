@@ -53,12 +53,18 @@ def _phase1_reusable(plan: Plan, run: CaseRun) -> bool:
     return ok
 
 
-def rerun_plan(plan: Plan, keys: list[str]) -> tuple[Plan, list[str]]:
-    """A plan holding only the phases to run again; moves their old outputs aside."""
+def rerun_plan(plan: Plan, keys: list[str], exclude: str | None = None) -> tuple[Plan, list[str]]:
+    """A plan holding only the phases to run again; moves their old outputs aside.
+
+    `exclude`: nodes the new jobs must avoid (an infrastructure retry after a node failure).
+    """
     runs: list[CaseRun] = []
     notes = []
     for key in keys:
         run = plan.case_run(key)
+        if exclude:
+            merged = ",".join(filter(None, [run.shape.exclude, exclude]))
+            run = replace(run, shape=replace(run.shape, exclude=merged))
         run_dir = plan.sweep_dir / run.run_dir
         if _phase1_reusable(plan, run):
             phases = [replace(run.phases[1], depends_on=[])]

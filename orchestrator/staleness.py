@@ -12,8 +12,9 @@ No provenance (a golden copied from Megatron-LM or written by hand), or a proven
 fingerprint, means the golden's stack is unknown: we cannot show the stack moved, so the run stays FAIL.
 GOLDEN_STALE does not gate, so it is only granted on positive evidence.
 
-Fingerprints are read tolerantly from `run_<phase>/manifest.json`: `"fingerprint"` or `"stack_fingerprint"`,
-either a hash string or a dict of fields with an optional `"hash"` key (hashed here when absent).
+Fingerprints are read tolerantly from `run_<phase>/manifest.json`: `"fingerprint"`, `"stack_fingerprint"` or
+`"versions"` (what launch.py writes), either a hash string or a dict of fields with an optional `"hash"` key
+(a stable sha256 of the fields when absent).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any
 from .fsutil import read_json
 
 PROVENANCE_SUFFIX = ".provenance.json"
-_FINGERPRINT_KEYS = ("fingerprint", "stack_fingerprint")
+# launch.py writes the stack under "versions" (workload.fingerprint.stack_fingerprint() when present).
+_FINGERPRINT_KEYS = ("fingerprint", "stack_fingerprint", "versions")
 
 
 def as_bool(value: Any) -> bool:

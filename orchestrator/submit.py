@@ -44,6 +44,7 @@ class Submission:
     collector: str | None = None
     sbatch_calls: int = 0
     submitted_at: str = ""
+    retries: dict[str, int] = field(default_factory=dict)  # case run key -> infrastructure retries used
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +53,7 @@ class Submission:
             "collector": self.collector,
             "sbatch_calls": self.sbatch_calls,
             "submitted_at": self.submitted_at,
+            "retries": self.retries,
         }
 
     def write(self) -> None:
@@ -62,7 +64,7 @@ class Submission:
         data = read_json(sweep_dir / SUBMISSION_FILE)
         return cls(sweep_dir=sweep_dir, arrays=data["arrays"], phase_jobs=data["phase_jobs"],
                    collector=data.get("collector"), sbatch_calls=data.get("sbatch_calls", 0),
-                   submitted_at=data.get("submitted_at", ""))
+                   submitted_at=data.get("submitted_at", ""), retries=dict(data.get("retries", {})))
 
     def all_job_ids(self) -> list[str]:
         ids = list(self.arrays.values())
@@ -114,7 +116,8 @@ def submit_rerun_slurm(plan: Plan) -> Submission:
     rerun = submit_slurm(plan, write=False)
     merged = Submission(sweep_dir=plan.sweep_dir, arrays={**previous.arrays, **rerun.arrays},
                         phase_jobs={**previous.phase_jobs, **rerun.phase_jobs}, collector=rerun.collector,
-                        sbatch_calls=rerun.sbatch_calls, submitted_at=rerun.submitted_at)
+                        sbatch_calls=previous.sbatch_calls + rerun.sbatch_calls, submitted_at=rerun.submitted_at,
+                        retries=dict(previous.retries))
     merged.write()
     return merged
 
@@ -132,20 +135,23 @@ def case_states(plan_data: dict[str, Any], submission: Submission, states: dict[
                                "elapsed_s": 0.0, "attempts": 1}
             elif state is not None:
                 result[key] = state.to_dict()
+            if key in result:
+                result[key]["retries"] = submission.retries.get(run["key"], 0)
     return result
 
 
 def wait_slurm(sweep_dir: Path, *, poll_s: float = 2.0, timeout_s: float | None = None,
                progress: Any = None) -> dict[str, slurm.JobState]:
     """Wait until the collector job is final; one sacct call per poll."""
-    submission = Submission.read(sweep_dir)
     deadline = time.monotonic() + timeout_s if timeout_s else None
     while True:
+        # Re-read: an infrastructure retry replaces the collector job id while we wait.
+        submission = Submission.read(sweep_dir)
         states = slurm.sacct_states(submission.all_job_ids())
         if progress:
             progress(states)
         collector = states.get(submission.collector or "")
-        if collector and collector.final:
+        if collector and collector.final and Submission.read(sweep_dir).collector == submission.collector:
             return states
         if deadline and time.monotonic() > deadline:
             raise TimeoutError(f"sweep {sweep_dir.name} not finished after {timeout_s:.0f} s")

@@ -26,8 +26,9 @@ Only when CUDA is absent (`torch.cuda.is_available()` is False, or `force_cpu=Tr
   * Megatron's `CudaRNGStatesTracker` runs on CPU generator states.
   * megatron.training: `initialize_megatron(allow_no_cuda=True)`, `torch.cuda.device_count() == 1` (so
     model parallel and the tracker seeds are initialised), `torch.compile` (jit_fuser) disabled with
-    its 20 s JIT warm-up, a fork (not spawn) Manager for the torch_dist write-results queue, and
-    `gradient_reduce_div_fusion` off on gloo (Megatron-FSDP's PREMUL_SUM is NCCL-only).
+    its 20 s JIT warm-up, fork (not spawn/forkserver) for the torch_dist write-results Manager and the
+    persistent async-save worker, and `gradient_reduce_div_fusion` off on gloo (Megatron-FSDP's
+    PREMUL_SUM is NCCL-only). Any other forkserver child imports this module first and installs it.
   * Inference: the triton KV-append kernel is disabled and `communication_utils._is_cuda` relaxed.
 """
 
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 
 _PAGED_STASH = "megatron.core.transformer.moe.ops.paged_stash"
 _CUDA_DEFAULT_SEED = 67280421310721  # torch's default CUDA seed
+_PRELOAD_ENV = "ORCHESTRATOR_CPU_BACKEND_PRELOAD"
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ def install(force_cpu: bool = False) -> BackendInfo:
     if cpu:
         _install_torch_cuda_stubs()
         _enter_device_mode()
-        patches += ["torch.cuda-stubs", "cuda->cpu-mode"]
+        _preload_in_forkserver()
+        patches += ["torch.cuda-stubs", "cuda->cpu-mode", "forkserver-preload"]
     patches += _install_wheel_patches()
     patches += _install_fsdp_dtensor_optimizer_patch()
     if cpu:
@@ -526,6 +529,12 @@ def _patch_training() -> None:
     original_queue = fs_async.get_write_results_queue
     fs_async.get_write_results_queue = lambda mp_mode="spawn": original_queue("fork")
 
+    # The persistent async-checkpoint worker starts from a forkserver: one more torch + megatron import
+    # per rank (~4 s of CPU each, 50 s measured with 4 ranks on a loaded 2-core box). It is started
+    # before torch.distributed, so forking the rank is safe and the child inherits the shims.
+    original_worker = minit.init_persistent_async_worker
+    minit.init_persistent_async_worker = lambda rank, mp_mode="spawn": original_worker(rank, "fork")
+
     original_ddp_config = mtrain.get_megatron_ddp_config
 
     def get_megatron_ddp_config(args):
@@ -545,13 +554,39 @@ def _patch_training() -> None:
     mtrain.initialize_megatron = initialize_megatron
 
 
-def shutdown_write_results_queue() -> None:
-    """Stop the torch_dist write-results Manager process (it lives until interpreter exit otherwise)."""
+# ----------------------------------------------------------------------------- helper processes
+def _preload_in_forkserver() -> None:
+    """Children of the multiprocessing forkserver get this backend too.
+
+    Megatron starts its persistent async-checkpoint worker from a forkserver. A forkserver child is a
+    fresh interpreter: without the shims its first `import megatron.core` fails (triton) and the
+    ranks wait forever for a worker that died. The forkserver imports this module at start-up, and
+    the environment flag makes the import install the backend there.
+    """
+    import multiprocessing
+
+    os.environ[_PRELOAD_ENV] = "1"
+    multiprocessing.set_forkserver_preload(["__main__", __name__])
+
+
+def shutdown_helper_processes() -> None:
+    """Stop the write-results Manager, forkserver and resource tracker (alive until exit otherwise).
+
+    Call only after every async save is finalised (`maybe_finalize_async_save(terminate=True)`).
+    """
     fs_async = sys.modules.get("megatron.core.dist_checkpointing.strategies.filesystem_async")
     queue = getattr(fs_async, "_results_queue", None) if fs_async else None
-    if queue is None:
-        return
-    manager = getattr(queue, "_manager", None)
-    fs_async._results_queue = None
-    if manager is not None:
-        manager.shutdown()
+    if queue is not None:
+        fs_async._results_queue = None
+        manager = getattr(queue, "_manager", None)
+        if manager is not None:
+            manager.shutdown()
+    from multiprocessing import forkserver, resource_tracker
+
+    # Private but stable (CPython's own tests use them); both restart lazily if used again.
+    forkserver._forkserver._stop()
+    resource_tracker._resource_tracker._stop()
+
+
+if os.environ.get(_PRELOAD_ENV) == "1" and _INFO is None:
+    install(force_cpu=True)  # imported as a forkserver preload of a CPU run

@@ -36,6 +36,8 @@ ARTIFACTS = REPO / "artifacts"
 FAMILY, NAME, VERSION = "mcore_gpt", "gpt_tiny", "v1"
 VOCAB_FILE = "gpt_tiny_bpe512.vocab.json"
 TRAINING_MODULE = "orchestrator.workload.pretrain_gpt"
+THIS_MODULE = "orchestrator.workload.frozen_checkpoint"
+TRAIN_RANK_FLAG = "--train-rank"  # internal: `python -m ...frozen_checkpoint --train-rank ARGS` per rank
 NPROC = 8
 TRAIN_ITERS = 100
 SENTENCES_PER_DOCUMENT = 12
@@ -104,9 +106,9 @@ def build_dataset(vocab: Path, prefix: Path) -> int:
 
 
 def run_training(argv: list[str], workdir: Path, nproc: int = NPROC) -> list[str]:
-    """Launch the training workload under torch.distributed.run; returns the command."""
+    """Launch the training workload under torch.distributed.run (via `train_rank`); returns the command."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", TRAINING_MODULE, *argv]
+           "-m", THIS_MODULE, TRAIN_RANK_FLAG, *argv]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_DEVICE_MAX_CONNECTIONS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     log = workdir / "train.log"
@@ -116,6 +118,38 @@ def run_training(argv: list[str], workdir: Path, nproc: int = NPROC) -> list[str
         tail = log.read_text()[-4000:]
         raise RuntimeError(f"training failed (exit {proc.returncode}); log tail:\n{tail}")
     return cmd
+
+
+def train_rank(argv: list[str]) -> None:
+    """One training rank: `pretrain_gpt.main(argv)` with the dataset index kept mapped.
+
+    Shim: pretrain_gpt.check_splits_have_tokens reads `sequence_lengths` of a low-level dataset it
+    does not keep, whose __del__ unmaps the index file: a segfault with any --data-path. Holding a
+    reference to every low-level dataset built here avoids it without changing what is trained.
+    """
+    from orchestrator.workload import cpu_backend
+
+    cpu_backend.install()
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+
+    from orchestrator.workload import pretrain_gpt
+
+    build = GPTDataset.build_low_level_dataset
+
+    def build_and_keep(*args, **kwargs):
+        dataset = build(*args, **kwargs)
+        _KEPT_DATASETS.append(dataset)
+        return dataset
+
+    GPTDataset.build_low_level_dataset = staticmethod(build_and_keep)
+    try:
+        pretrain_gpt.main(argv)
+    finally:
+        GPTDataset.build_low_level_dataset = staticmethod(build)
+        _KEPT_DATASETS.clear()
+
+
+_KEPT_DATASETS: list = []
 
 
 def _sha256(path: Path) -> str:
@@ -178,6 +212,7 @@ def regenerate(artifacts: Path = ARTIFACTS, train_iters: int = TRAIN_ITERS, keep
             "producer": "python -m orchestrator.workload.frozen_checkpoint",
             "training_command": cmd,
             "training_workload": TRAINING_MODULE,
+            "training_entry": f"{THIS_MODULE}.train_rank -> {TRAINING_MODULE}.main",
             "layout": {"tensor_model_parallel_size": 2, "pipeline_model_parallel_size": 2,
                        "data_parallel_size": NPROC // 4, "world_size": NPROC},
             "env": {"OMP_NUM_THREADS": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "1"},
@@ -199,6 +234,10 @@ def regenerate(artifacts: Path = ARTIFACTS, train_iters: int = TRAIN_ITERS, keep
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [TRAIN_RANK_FLAG]:
+        train_rank(argv[1:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=ARTIFACTS)
     parser.add_argument("--train-iters", type=int, default=TRAIN_ITERS)

@@ -281,7 +281,8 @@ def _shutdown(success: bool) -> None:
     writer = _tensorboard_writer()
     if writer is not None:
         writer.close()
-    cpu_backend.shutdown_write_results_queue()
+    if success:
+        cpu_backend.shutdown_helper_processes()
     if success:
         _destroy_process_groups()
     with contextlib.suppress(ImportError):

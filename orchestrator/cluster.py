@@ -196,6 +196,7 @@ class ClusterStatus:
     partitions: list[str] = field(default_factory=list)
     controller_up: bool = False
     sacct_ok: bool = False
+    stopped: bool = False  # recorded, but `down` stopped every daemon
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -205,6 +206,8 @@ class ClusterStatus:
     def summary(self) -> str:
         if self.spec is None:
             return f"cluster: not set up in {self.state_dir}"
+        if self.stopped:
+            return f"cluster '{self.spec.cluster_name}' is stopped; state {self.state_dir}"
         word = "healthy" if self.healthy else "UNHEALTHY"
         nodes = " ".join(f"{n}={s}" for n, s in sorted(self.nodes.items())) or "no nodes"
         return (f"cluster '{self.spec.cluster_name}' {word}: {nodes}; partitions "
@@ -223,7 +226,7 @@ class ClusterStatus:
                 "spec": self.spec.to_dict() if self.spec else None,
                 "daemons": [dataclasses.asdict(d) for d in self.daemons], "nodes": self.nodes,
                 "partitions": self.partitions, "controller_up": self.controller_up,
-                "sacct_ok": self.sacct_ok, "problems": self.problems}
+                "sacct_ok": self.sacct_ok, "stopped": self.stopped, "problems": self.problems}
 
 
 def status(state_dir: str | Path | None = None) -> ClusterStatus:
@@ -235,6 +238,10 @@ def status(state_dir: str | Path | None = None) -> ClusterStatus:
     spec = ClusterSpec.from_dict(record["spec"])
     result = ClusterStatus(layout.root, spec)
     pids = record.get("pids", {})
+    if not pids:
+        result.stopped = True
+        result.problems.append("no daemon runs (`orchestrator cluster up` starts them)")
+        return result
     for daemon in daemons(spec, layout):
         if daemon.key == "munged" and daemon.key not in pids:
             continue  # a munged we did not start: checked through munge itself below
@@ -571,9 +578,9 @@ def _make_dirs(spec: ClusterSpec, layout: Layout) -> None:
     for parent in [layout.root, *layout.root.parents]:
         if parent == Path("/"):
             break
-        # mariadbd runs as user mysql and must reach its datadir
+        # mariadbd runs as user mysql and must traverse to its datadir (pytest's tmp dirs are 0700)
         if not parent.stat().st_mode & 0o001:
-            parent.chmod(parent.stat().st_mode | 0o005)
+            parent.chmod(parent.stat().st_mode | 0o001)
     shutil.chown(layout.mysql, "mysql", "mysql")
 
 
@@ -641,7 +648,9 @@ def install_packages(packages: list[str], say: Callable[[str], None]) -> None:
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
     try:
-        _run(["apt-get", "update", "-qq"], env=env, timeout=600, check=True)
+        update = _run(["apt-get", "update", "-qq"], env=env, timeout=600)
+        if update.returncode != 0:  # e.g. offline with the .debs in the apt cache: try anyway
+            say(f"warning: apt-get update failed: {(update.stderr or update.stdout).strip()[-200:]}")
         _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env,
              timeout=900, check=True)
     finally:
@@ -661,6 +670,7 @@ def _load_record(layout: Layout) -> dict | None:
 
 def _save_record(layout: Layout, record: dict) -> None:
     write_json_atomic(layout.record, record)
+    layout.record.chmod(0o644)  # `status` works for every user
 
 
 @contextlib.contextmanager
@@ -689,7 +699,7 @@ class _Starter:
     def __init__(self, spec: ClusterSpec, layout: Layout, record: dict, deadline: Deadline,
                  say: Callable[[str], None]) -> None:
         self.spec, self.layout, self.record, self.deadline, self.say = spec, layout, record, deadline, say
-        self.env = dict(client_env(layout.root), HOME="/root")
+        self.env = client_env(layout.root)
         self.by_key = {d.key: d for d in daemons(spec, layout)}
 
     def alive(self, key: str) -> bool:
@@ -985,7 +995,7 @@ def _stop_recorded(layout: Layout, record: dict, deadline: Deadline, say: Callab
     steps = [p for p in _pids_named("slurmstepd")]
     if steps:
         say(f"note: slurmstepd processes still present (pids {' '.join(map(str, steps))}); left alone")
-    say(f"down in {deadline.elapsed():.1f}s (packages and {layout.root} kept)")
+    say(f"down in {deadline.elapsed():.1f}s")
 
 
 def _cancel_all_jobs(env: dict[str, str], deadline: Deadline, say: Callable[[str], None]) -> None:

@@ -43,6 +43,7 @@ _METRICS_SCHEMA = pa.schema(
 
 _U64 = struct.Struct("<Q")
 _VECTOR_CRC_MAX = 256  # longer records (text summaries, graphs) are few: checksum them one by one
+_CRC_CHUNK = 32768  # records per bulk step: bounds the (records x bytes) index arrays of huge files
 _PAD = 64  # zero bytes after the data so that bulk decoding never indexes out of range
 
 
@@ -57,6 +58,7 @@ def _crc32c_table() -> np.ndarray:
 
 
 _CRC_TABLE = _crc32c_table()
+_CRC_LIST = _CRC_TABLE.tolist()
 
 
 def _mask(crc: np.ndarray) -> np.ndarray:
@@ -87,17 +89,18 @@ def _crc32c_bulk(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np
 
 def _crc32c_one(data: bytes) -> int:
     crc = 0xFFFFFFFF
-    table = _CRC_TABLE.tolist()
     for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+        crc = _CRC_LIST[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
 
 
 def _masked_crcs(buf: np.ndarray, data: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     crcs = np.zeros(len(starts), dtype=np.uint32)
-    short = lengths <= _VECTOR_CRC_MAX
-    crcs[short] = _crc32c_bulk(buf, starts[short], lengths[short])
-    for i in np.flatnonzero(~short):
+    short = np.flatnonzero(lengths <= _VECTOR_CRC_MAX)
+    for begin in range(0, len(short), _CRC_CHUNK):
+        chunk = short[begin: begin + _CRC_CHUNK]
+        crcs[chunk] = _crc32c_bulk(buf, starts[chunk], lengths[chunk])
+    for i in np.flatnonzero(lengths > _VECTOR_CRC_MAX):
         crcs[i] = _crc32c_one(data[starts[i]: starts[i] + lengths[i]])
     return _mask(crcs)
 
@@ -336,7 +339,7 @@ def read_tensorboard_scalars(
     Files without scalars are dropped; then the first file is used (normal tests) or, with `merge_files`
     (convergence/`release` tests), all files merge with the first value seen for a step winning.
     """
-    per_file = [scalars for scalars in map(lambda p: read_event_file(p, tags), event_files(tb_dir))
+    per_file = [scalars for scalars in (read_event_file(path, tags) for path in event_files(tb_dir))
                 if scalars.has_scalars]
     chosen = per_file if merge_files else per_file[:1]
     summaries: dict[str, dict[int, float]] = {}
@@ -448,12 +451,19 @@ def _load_series(runs: list[CaseRunResult]) -> None:
     todo = [(result, phase) for result in runs for phase in result.phases
             if result.run.get("mode") != "inference" and (phase.phase_dir / "tensorboard").is_dir()]
     requests = [TensorBoardRequest(phase.phase_dir / "tensorboard", result.run.get("train_iters"),
-                                   result.run.get("test_type") == "release") for result, phase in todo]
+                                   result.run.get("test_type") == "release" or _requeued(phase))
+                for result, phase in todo]
     for (_, phase), series in zip(todo, read_tensorboard_many(requests), strict=True):
         if isinstance(series, Exception):
             phase.problems.append(f"unreadable TensorBoard events: {type(series).__name__}: {series}")
         else:
             phase.series = series
+
+
+def _requeued(phase: PhaseData) -> bool:
+    """A requeued phase wrote one event file per attempt; the resumed attempt continues where its last
+    checkpoint was, so all files merge (first value per step wins, as for Megatron's convergence tests)."""
+    return int((phase.status or {}).get("attempt") or 1) > 1
 
 
 def _resolve_golden(result: CaseRunResult) -> None:
@@ -579,6 +589,8 @@ def write_metrics(path: Path, frame: pd.DataFrame) -> None:
 def collect_sweep(sweep_dir: str | Path) -> CollectResult:
     """Read every case run of a sweep, compare, write metrics.parquet, candidate goldens and the verdict files."""
     sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / "plan.json").is_file():
+        raise ConfigError(sweep_dir, "plan.json", "not a sweep directory (no plan.json)")
     plan = read_json(sweep_dir / "plan.json")
     sweep_id = str(plan.get("sweep_id") or sweep_dir.name)
     job_states_path = sweep_dir / "job_states.json"

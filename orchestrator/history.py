@@ -7,7 +7,7 @@ wins; `append_sweep` is idempotent per sweep id (it rewrites that sweep's file).
 `*.parquet` in the folder; nothing needs a lock, and it works on NFS.
 
 Definitions
-- *outcome* of a (case, partition) in one sweep, over its repeats: `fail` if any repeat is FAIL, XPASS or
+- *outcome* of a (case, partition) in one sweep, over its repeats: `fail` if any repeat is FAIL or
   NOT_RUN; else `stale` if any is GOLDEN_STALE; else `skip` if all are UNSUPPORTED; else `pass`.
 - *comparable* sweeps: same environment and the same set of partitions. A sweep over other partitions
   (or another environment) runs other goldens, so diffing against it would report noise.
@@ -48,7 +48,7 @@ HISTORY_COLUMNS = [
     "case", "partition", "platform", "repeat", "test_type", "mode", "verdict", "failure_class",
     "fingerprint", "fingerprint_fields", "golden_hash", "final_lm_loss", "median_iteration_time", "max_mem",
 ]
-FAILING_VERDICTS = ("FAIL", "XPASS", "NOT_RUN")
+FAILING_VERDICTS = ("FAIL", "NOT_RUN")
 # FAILs that say nothing about flakiness: they follow from the setup, not from running the case.
 NOT_FLAKY_CLASSES = ("GOLDEN_MISSING", "UNSUPPORTED", "NOT_RUN", "DEPENDENCY")
 MEM_METRICS = ("mem-max-allocated-bytes", "mem-allocated-bytes")

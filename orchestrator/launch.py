@@ -972,7 +972,10 @@ def prepare(ctx: RankContext, env: dict[str, str]) -> None:
         previous_status = {}
     previous = _record_attempt(ctx)
     requeue = previous is not None and previous.get("job_id") == ctx.renv.job_id
-    fresh_rerun = previous_status.get("state") == COMPLETED and not requeue
+    # A new job for a phase that already ran starts it over; `--fresh` (rerun.sbatch) asks for that even
+    # after a failed attempt. A requeue of the same job always continues from its latest checkpoint.
+    asked_fresh = os.environ.get("ORCH_FRESH") == "1" and previous is not None
+    fresh_rerun = (previous_status.get("state") == COMPLETED or asked_fresh) and not requeue
     ctx.write_phase_status(None)
     write_run_manifest(ctx, env)
     if task.workload in MEGATRON_WORKLOADS and task.gpus_per_node == 0:
@@ -1156,8 +1159,11 @@ def run_task(task_json: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "--fresh":
+        os.environ["ORCH_FRESH"] = "1"
+        args = args[1:]
     if len(args) != 1:
-        print("usage: python -m orchestrator.launch TASK_JSON", file=sys.stderr)
+        print("usage: python -m orchestrator.launch [--fresh] TASK_JSON", file=sys.stderr)
         return 2
     try:
         task = load_task(args[0])

@@ -35,7 +35,7 @@ from .staleness import normalize_fingerprint, provenance_path, read_run_fingerpr
 
 PROVENANCE_SCHEMA = 1
 PROMOTABLE_CLASSES = ("", "NUMERIC", "GOLDEN_MISSING")
-PASSING_VERDICTS = ("PASS", "XFAIL")
+PASSING_VERDICTS = ("PASS", "XFAIL", "XPASS")
 
 
 @dataclass

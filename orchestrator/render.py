@@ -61,7 +61,12 @@ def array_parameters(plan: Plan, array: ArrayPlan, dependency: str | None) -> di
         additional["kill-on-invalid-dep"] = "yes"
     params["additional_parameters"] = additional
     params["stderr_to_stdout"] = True
+    params["setup"] = list(JOB_SETUP)
     return params
+
+
+# Determinism: one thread per rank, pinned before submitit's own imports load numpy.
+JOB_SETUP = ("export OMP_NUM_THREADS=1", "export MKL_NUM_THREADS=1")
 
 
 def _extra_sbatch(plan: Plan, shape: Shape) -> dict[str, Any]:

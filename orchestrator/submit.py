@@ -9,6 +9,7 @@ sequenced here because there is no scheduler to do it.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from . import slurm
 from .fsutil import read_json, write_json_atomic
 from .launch import run_task
 from .plan import ArrayPlan, PhasePlan, Plan
-from .render import array_parameters, collector_parameters, submitit_folder
+from .render import JOB_SETUP, array_parameters, collector_parameters, submitit_folder
 
 SUBMISSION_FILE = "submission.json"
 JOB_STATES_FILE = "job_states.json"
@@ -181,6 +182,9 @@ def run_local(plan: Plan, *, max_ranks: int | None = None, progress: Any = None,
               write_states: bool = True) -> dict[str, dict]:
     """Run every phase with submitit's LocalExecutor under a rank budget; returns job states per phase key."""
     budget = max_ranks or plan.cluster.local_max_ranks
+    for line in JOB_SETUP:  # the local jobs inherit this process's environment
+        name, value = line.removeprefix("export ").split("=", 1)
+        os.environ[name] = value
     pending: list[tuple[str, PhasePlan, int]] = []
     for run in plan.runnable():
         for phase in run.phases:

@@ -58,6 +58,13 @@ def _scheduler_state(job: Mapping[str, Any]) -> str:
     return str(job.get("state") or "").split(" ")[0].upper()  # sacct: "CANCELLED by 1000"
 
 
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
 def _error_line(text: Any) -> str:
     lines = str(text or "").strip().splitlines()
     return lines[-1].strip()[:300] if lines else ""
@@ -76,7 +83,7 @@ def classify_phase(phase: PhaseData) -> PhaseOutcome:
         return PhaseOutcome(_SCHEDULER_CLASSES[sched], sched, f"{where}: Slurm {sched}{elapsed} "
                             f"(job {job.get('job_id', '?')}, {job.get('node_list') or 'no node'})")
     unfinished = state in ("", "RUNNING")
-    if unfinished and (sched in _REQUEUED or int(job.get("attempts") or 1) > 1):
+    if unfinished and (sched in _REQUEUED or _int(job.get("attempts"), 1) > 1):
         return PhaseOutcome("PREEMPTED", sched or "REQUEUED", f"{where}: requeued and never finished "
                             f"(job {job.get('job_id', '?')}, {job.get('attempts', '?')} attempts)")
     if error_class in _STATUS_CLASSES:
@@ -167,19 +174,16 @@ def _elapsed(phase: PhaseData) -> float:
         return float(job["elapsed_s"])
     try:
         start = dt.datetime.fromisoformat(str(status["started_at"]))
-        end = dt.datetime.fromisoformat(str(status["ended_at"]))
-    except (KeyError, TypeError, ValueError):
+        seconds = (dt.datetime.fromisoformat(str(status["ended_at"])) - start).total_seconds()
+    except (KeyError, TypeError, ValueError):  # absent, unparsable, or naive vs aware times
         return 0.0
-    return max((end - start).total_seconds(), 0.0)
+    return max(seconds, 0.0)
 
 
 def _retries(phase: PhaseData) -> int:
     job, status = phase.job_state or {}, phase.status or {}
     attempts = job.get("attempts") if job.get("attempts") is not None else status.get("attempt")
-    try:
-        return max(int(attempts) - 1, 0)
-    except (TypeError, ValueError):
-        return 0
+    return max(_int(attempts, 1) - 1, 0)
 
 
 def verdict_row(sweep_id: str, result: CaseRunResult) -> dict[str, Any]:

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import slurm_support
-from slurm_support import require_slurm, sacct_states, sbatch, slurm_env, wait_for_job
+from slurm_support import sacct_states, sbatch, slurm_env, wait_for_job
 
 from orchestrator import cluster
 from orchestrator.cluster import ClusterPreconditionError, Ports
 
-slurm_cluster = slurm_support.slurm_cluster
-pytestmark = pytest.mark.slurm
+slurm_cluster = slurm_support.slurm_cluster  # the session fixture, visible to this module
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -83,6 +82,7 @@ def test_every_verb_has_help(verb: str) -> None:
 # --------------------------------------------------------------------------- the real cluster
 
 
+@pytest.mark.slurm
 def test_status_is_healthy(slurm_cluster: cluster.ClusterStatus) -> None:
     state = cluster.status()
     assert state.healthy, state.render()
@@ -100,6 +100,7 @@ def test_status_of_an_empty_state_dir_is_unhealthy(tmp_path: Path) -> None:
     assert "no cluster recorded" in proc.stdout
 
 
+@pytest.mark.slurm
 def test_show_config_has_the_settings_tests_rely_on(slurm_cluster: cluster.ClusterStatus) -> None:
     proc = subprocess.run(["scontrol", "show", "config"], env=slurm_env(), text=True, capture_output=True,
                           timeout=30, check=True)
@@ -113,6 +114,7 @@ def test_show_config_has_the_settings_tests_rely_on(slurm_cluster: cluster.Clust
     assert config["AccountingStorageType"] == "accounting_storage/slurmdbd"
 
 
+@pytest.mark.slurm
 def test_two_node_job_runs_on_both_nodes(slurm_cluster: cluster.ClusterStatus, tmp_path: Path) -> None:
     script = 'srun -l bash -c "echo \\$SLURMD_NODENAME \\$(hostname)"'
     job = sbatch(["-N2", "--ntasks-per-node=1", "-p", "cpu", "-o", "out.txt", "--wrap", script], cwd=tmp_path)
@@ -126,6 +128,7 @@ def test_two_node_job_runs_on_both_nodes(slurm_cluster: cluster.ClusterStatus, t
     assert node_list == "node[1-2]"
 
 
+@pytest.mark.slurm
 def test_aftercorr_array_runs_index_by_index(slurm_cluster: cluster.ClusterStatus, tmp_path: Path) -> None:
     # a_i ends at ~1 s, ~2 s (exit 1), ~4 s; b_i waits only for a_i, and b_1 is cancelled
     first = ('sleep $((SLURM_ARRAY_TASK_ID * SLURM_ARRAY_TASK_ID + 1)); date +%s.%N > a_$SLURM_ARRAY_TASK_ID; '
@@ -143,6 +146,7 @@ def test_aftercorr_array_runs_index_by_index(slurm_cluster: cluster.ClusterStatu
     assert not (tmp_path / "b_1").exists()
 
 
+@pytest.mark.slurm
 def test_up_again_is_a_no_op(slurm_cluster: cluster.ClusterStatus) -> None:
     before = cluster.status()
     assert before.spec is not None
@@ -156,6 +160,7 @@ def test_up_again_is_a_no_op(slurm_cluster: cluster.ClusterStatus) -> None:
     assert [(d.key, d.pid) for d in after.daemons] == [(d.key, d.pid) for d in before.daemons]
 
 
+@pytest.mark.slurm
 def test_up_with_other_settings_is_refused(slurm_cluster: cluster.ClusterStatus) -> None:
     spec = cluster.status().spec
     assert spec is not None
@@ -165,9 +170,9 @@ def test_up_with_other_settings_is_refused(slurm_cluster: cluster.ClusterStatus)
     assert err.value.exit_code == 2
 
 
+@pytest.mark.slurm
 def test_down_and_up_of_a_second_cluster(slurm_cluster: cluster.ClusterStatus, tmp_path: Path) -> None:
     """A private 1-node cluster on other ports: down stops exactly its PIDs, up again reuses its state."""
-    require_slurm()
     state_dir = tmp_path / "second"
     offset = 100
     quiet: list[str] = []

@@ -104,7 +104,7 @@ def loss_events(steps, offset: float = 0.0) -> list[event_pb2.Event]:
 # ------------------------------------------------------------------------------ TensorBoard reader
 
 
-def test_reader_is_identical_to_event_accumulator_on_torch_events(tmp_path):
+def test_reader_is_identical_to_event_accumulator_on_megatron_like_events(tmp_path):
     series = {"lm loss": {s: 11.0 - s / 9 for s in range(1, 31)},
               "num-zeros": {s: 22962356.0 + 7 * s for s in range(1, 31)},
               "iteration-time": {s: 0.1 + s / 1000 for s in range(2, 31)},

@@ -80,6 +80,7 @@ class RunStats:
 # ----------------------------------------------------------------------------- entry point
 def main(argv: list[str]) -> None:
     """Run dynamic inference with `argv` (the case's MODEL_ARGS); raises on failure."""
+    preexisting = _process_snapshot()  # the launcher's own helpers (e.g. a log tee) are not ours
     backend = install_backends()
     argv = list(argv)
     if backend.cpu:
@@ -92,7 +93,7 @@ def main(argv: list[str]) -> None:
         stats = _run(argv)
         success = True
     finally:
-        _shutdown(success)
+        _shutdown(success, preexisting)
     _log_stats(stats)
 
 
@@ -437,7 +438,7 @@ def results_to_json(results: list, args) -> dict:
 
 
 # ----------------------------------------------------------------------------- shutdown
-def _shutdown(success: bool) -> None:
+def _shutdown(success: bool, preexisting: set[str]) -> None:
     """Destroy Megatron's globals and (on success) the process groups; report leftovers."""
     import torch.distributed as dist
 
@@ -454,7 +455,16 @@ def _shutdown(success: bool) -> None:
         destroy_global_vars()
     gc.collect()
     _stop_resource_tracker()
-    for leftover in leftovers():
+    import torch.distributed as _d  # DEVTEST
+    _pgs = [o for o in gc.get_objects() if isinstance(o, _d.ProcessGroup)]  # DEVTEST
+    if os.environ.get("RANK") == "1":  # DEVTEST
+        print("DEVTEST live PGs", len(_pgs), flush=True)  # DEVTEST
+        import psutil  # DEVTEST
+        print("DEVTEST conns", len(psutil.Process().net_connections()), flush=True)  # DEVTEST
+        if _pgs:  # DEVTEST
+            for r in gc.get_referrers(_pgs[0])[:5]:  # DEVTEST
+                print("DEVTEST ref", type(r), str(r)[:300], flush=True)  # DEVTEST
+    for leftover in leftovers(exclude=preexisting):
         print(f"[inference] WARNING leftover after shutdown: {leftover}", flush=True)
 
 
@@ -471,14 +481,24 @@ def _stop_resource_tracker() -> None:
         tracker._stop()
 
 
-def leftovers() -> list[str]:
-    """Live child processes and non-daemon threads other than the main thread."""
+def _process_snapshot() -> set[str]:
+    """Keys of the live child processes and threads (see `leftovers`)."""
+    import psutil
+
+    keys = {f"pid:{p.pid}" for p in psutil.Process().children(recursive=True)}
+    return keys | {f"thread:{t.ident}" for t in threading.enumerate()}
+
+
+def leftovers(exclude: set[str] = frozenset()) -> list[str]:
+    """Live child processes and non-daemon threads (main thread and `exclude` keys aside)."""
     import psutil
 
     found = [f"child pid {p.pid} ({' '.join(p.cmdline()[:4])})"
-             for p in psutil.Process().children(recursive=True) if p.is_running()]
+             for p in psutil.Process().children(recursive=True)
+             if p.is_running() and f"pid:{p.pid}" not in exclude]
     found += [f"thread {t.name}" for t in threading.enumerate()
-              if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+              if t is not threading.main_thread() and not t.daemon and t.is_alive()
+              and f"thread:{t.ident}" not in exclude]
     return found
 
 

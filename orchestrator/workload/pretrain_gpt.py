@@ -64,16 +64,28 @@ def prepare_argv(argv: list[str], cpu: bool) -> list[str]:
             "transformer_engine"):
         _log("pretrain_gpt: TransformerEngine does not import: --transformer-impl local")
         argv = [*_drop_flag(argv, "--transformer-impl"), "--transformer-impl", "local"]
-    if "--async-save" in argv and _flag_value(argv, "--async-strategy") is None and not _have(
-            "nvidia_resiliency_ext"):
-        # Megatron's default async strategy is NVRx; megatron-core ships its own ("mcore").
-        _log("pretrain_gpt: nvidia-resiliency-ext is missing: --async-strategy mcore")
-        argv += ["--async-strategy", "mcore"]
+    argv = _async_save_without_nvrx(argv)
     local = _flag_value(argv, "--transformer-impl", "transformer_engine") == "local"
     if local and not _have("apex") and "--no-persist-layer-norm" not in argv:
         # Megatron defaults to Apex's persistent LayerNorm kernel; torch's LayerNorm asserts on it.
         _log("pretrain_gpt: no Apex: adding --no-persist-layer-norm")
         argv.append("--no-persist-layer-norm")
+    return argv
+
+
+def _async_save_without_nvrx(argv: list[str]) -> list[str]:
+    """Megatron's default async-save strategy is NVRx; megatron-core ships its own ("mcore")."""
+    if "--async-save" not in argv or _have("nvidia_resiliency_ext"):
+        return argv
+    if _flag_value(argv, "--ckpt-format", "torch_dist") in ("fsdp_dtensor", "torch_dcp"):
+        # 0.19's fsdp_dtensor/torch_dcp async path calls NVRx's API (save_state_dict_async_plan(
+        # enable_cache=...), a 3-tuple for the finalize); megatron-core's own functions differ.
+        _log("pretrain_gpt: nvidia-resiliency-ext is missing and the fsdp_dtensor/torch_dcp async save "
+             "needs it: dropping --async-save (checkpoints are saved synchronously)")
+        return _drop_flag(argv, "--async-save")
+    if _flag_value(argv, "--async-strategy") is None:
+        _log("pretrain_gpt: nvidia-resiliency-ext is missing: --async-strategy mcore")
+        return [*argv, "--async-strategy", "mcore"]
     return argv
 
 
@@ -291,8 +303,12 @@ def _shutdown(success: bool) -> None:
         unset_global_variables()
         destroy_global_vars()
     gc.collect()  # DataLoader iterators (and their worker processes) die with the last reference
-    for leftover in leftovers():
-        _log(f"pretrain_gpt: WARNING leftover after shutdown: {leftover}")
+    if success:
+        for leftover in leftovers():
+            print(f"pretrain_gpt: WARNING leftover after shutdown: {leftover}", flush=True)
+    print(f"pretrain_gpt: rank {os.environ.get('RANK', '0')} done ok={success} "
+          f"peak_rss_mb={cpu_backend.peak_rss_bytes() / 2**20:.1f} wall_s={time.time() - _PROGRAM_START:.1f}",
+          flush=True)
 
 
 def _finalize_async_saves() -> None:

@@ -24,10 +24,18 @@ from typing import Any
 from orchestrator.config import REPO_ROOT
 from orchestrator.fsutil import write_json_atomic
 
-RESULTS_DIR = REPO_ROOT / "results" / "bench"
-CACHE_DIR = RESULTS_DIR / "cache"
+RESULTS_ENV = "ORCH_BENCH_DIR"  # where results, caches and generated sweeps go (default results/bench)
 COUNTED_COMMANDS = ("sbatch", "sacct", "squeue", "scancel")
 SCHEMA = 1
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get(RESULTS_ENV) or REPO_ROOT / "results" / "bench")
+
+
+def work_dir(name: str) -> Path:
+    """A fresh folder for one section's generated sweeps."""
+    return results_dir() / "work" / name
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -115,7 +123,8 @@ class Report:
             "details": self.details,
         }
 
-    def write(self, directory: Path = RESULTS_DIR) -> Path:
+    def write(self, directory: Path | None = None) -> Path:
+        directory = directory or results_dir()
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = directory / f"{stamp}.json"
         write_json_atomic(path, self.to_dict())

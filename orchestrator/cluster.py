@@ -115,28 +115,27 @@ class ClusterSpec:
             raise ConfigError(where, "--partitions", "partition names repeat")
 
 
-@dataclass(frozen=True)
 class Layout:
     """Every path the cluster uses, under one state directory."""
 
-    root: Path
-
-    etc = property(lambda self: self.root / "etc")
-    slurm_conf = property(lambda self: self.etc / "slurm.conf")
-    slurmdbd_conf = property(lambda self: self.etc / "slurmdbd.conf")
-    cgroup_conf = property(lambda self: self.etc / "cgroup.conf")
-    db_secret = property(lambda self: self.etc / "db.secret")
-    log = property(lambda self: self.root / "log")
-    run = property(lambda self: self.root / "run")
-    state = property(lambda self: self.root / "state")
-    spool = property(lambda self: self.root / "spool")
-    mysql = property(lambda self: self.root / "mysql")
-    db_data = property(lambda self: self.mysql / "data")
-    db_socket = property(lambda self: self.mysql / "mysqld.sock")
-    db_pidfile = property(lambda self: self.mysql / "mariadb.pid")
-    db_log = property(lambda self: self.mysql / "mariadb.log")
-    record = property(lambda self: self.root / "cluster.json")
-    lock = property(lambda self: self.root / ".lock")
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.etc = root / "etc"
+        self.slurm_conf = self.etc / "slurm.conf"
+        self.slurmdbd_conf = self.etc / "slurmdbd.conf"
+        self.cgroup_conf = self.etc / "cgroup.conf"
+        self.db_secret = self.etc / "db.secret"
+        self.log = root / "log"
+        self.run = root / "run"
+        self.state = root / "state"
+        self.spool = root / "spool"
+        self.mysql = root / "mysql"  # owned by user mysql, like everything MariaDB writes
+        self.db_data = self.mysql / "data"
+        self.db_socket = self.mysql / "mysqld.sock"
+        self.db_pidfile = self.mysql / "mariadb.pid"
+        self.db_log = self.mysql / "mariadb.log"
+        self.record = root / "cluster.json"
+        self.lock = root / ".lock"
 
 
 @dataclass(frozen=True)
@@ -749,11 +748,7 @@ class _Starter:
                 (lay.log / "mariadb-install.log").write_text(proc.stdout + proc.stderr)
                 if proc.returncode != 0:
                     raise ClusterError(f"mariadb-install-db failed; see {lay.log / 'mariadb-install.log'}")
-            self.spawn("mariadbd", ["setsid", "-f", "/usr/sbin/mariadbd", "--no-defaults", "--user=mysql",
-                           f"--datadir={lay.db_data}", f"--socket={lay.db_socket}", f"--pid-file={lay.db_pidfile}",
-                           "--bind-address=127.0.0.1", f"--port={self.spec.ports.mariadb}", "--skip-name-resolve",
-                           "--innodb-buffer-pool-size=32M", "--innodb-lock-wait-timeout=900",
-                                    f"--log-error={lay.db_log}"], 60)
+            self.spawn("mariadbd", ["setsid", "-f", *self.mariadbd_argv()], 60)
         wait_until(lambda: self.sql("SELECT 1", check=False).returncode == 0, self.deadline.left(60),
                    "MariaDB to accept connections", lay.db_log, abort=self.died("mariadbd"))
         password = _db_password(lay)
@@ -761,6 +756,14 @@ class _Starter:
                  f"CREATE USER IF NOT EXISTS '{DB_USER}'@'127.0.0.1' IDENTIFIED BY '{password}'; "
                  f"ALTER USER '{DB_USER}'@'127.0.0.1' IDENTIFIED BY '{password}'; "
                  f"GRANT ALL ON {DB_NAME}.* TO '{DB_USER}'@'127.0.0.1'; FLUSH PRIVILEGES;")
+
+    def mariadbd_argv(self) -> list[str]:
+        """A private server: no config files read, own datadir, socket, port and pid file."""
+        lay = self.layout
+        return ["/usr/sbin/mariadbd", "--no-defaults", "--user=mysql", f"--datadir={lay.db_data}",
+                f"--socket={lay.db_socket}", f"--pid-file={lay.db_pidfile}", "--bind-address=127.0.0.1",
+                f"--port={self.spec.ports.mariadb}", "--skip-name-resolve", "--innodb-buffer-pool-size=32M",
+                "--innodb-lock-wait-timeout=900", f"--log-error={lay.db_log}"]
 
     def sql(self, statement: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return _run(["mariadb", "--no-defaults", "-S", str(self.layout.db_socket), "-u", "root", "-e", statement],
@@ -905,7 +908,8 @@ def up(nodes: int = 2, cpus_per_node: int = 8, partitions: Sequence[str] = DEFAU
     deadline = Deadline(timeout_s)
     with _locked(layout):
         record = _load_record(layout)
-        alive = _alive_keys(spec, layout, record) if record else set()
+        # judged by the recorded spec: a node dropped from the new spec may still run
+        alive = _alive_keys(ClusterSpec.from_dict(record["spec"]), layout, record) if record else set()
         _check_same_spec(spec, layout, record, alive)
         current = status(layout.root) if alive else None
         if current is not None and current.healthy:
@@ -935,14 +939,14 @@ def _bring_up(spec: ClusterSpec, layout: Layout, record: dict | None, alive: set
               install: bool, say: Callable[[str], None]) -> None:
     if alive:
         say(f"repairing: running {', '.join(sorted(alive))}; starting the rest")
+    to_start = {d.key for d in daemons(spec, layout)} - alive
+    check_ports(_needed_ports(spec, to_start))
     missing = missing_packages()
     if missing:
         if not install:
             raise ClusterPreconditionError(f"missing packages: {' '.join(missing)} (run without --no-install)")
         install_packages(missing, say)
         say(f"packages installed ({deadline.elapsed():.1f}s)")
-    to_start = {d.key for d in daemons(spec, layout)} - alive
-    check_ports(_needed_ports(spec, to_start))
     _make_dirs(spec, layout)
     _write_configs(spec, layout, alive)
     if spec.system_files:
@@ -992,9 +996,10 @@ def _stop_recorded(layout: Layout, record: dict, deadline: Deadline, say: Callab
         _set_hosts([])
     record["stopped_at"] = time.time()
     _save_record(layout, record)
-    steps = [p for p in _pids_named("slurmstepd")]
+    steps = _our_stepds(layout)
     if steps:
-        say(f"note: slurmstepd processes still present (pids {' '.join(map(str, steps))}); left alone")
+        say(f"note: slurmstepd processes of this cluster still present (pids {' '.join(map(str, steps))}); "
+            "left alone")
     say(f"down in {deadline.elapsed():.1f}s")
 
 
@@ -1031,11 +1036,15 @@ def _stop_pid(daemon: Daemon, pid: int, deadline: Deadline, say: Callable[[str],
     say(f"stopped {daemon.key} (pid {pid})")
 
 
-def _pids_named(comm: str) -> list[int]:
+def _our_stepds(layout: Layout) -> list[int]:
+    """slurmstepd processes of this cluster: they inherit SLURM_CONF from the slurmd we started."""
+    marker = f"SLURM_CONF={layout.slurm_conf}".encode()
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and pid_alive(int(entry.name), comm):
-            found.append(int(entry.name))
+        if entry.name.isdigit() and pid_alive(int(entry.name), "slurmstepd"):
+            with contextlib.suppress(OSError):
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
     return found
 
 

@@ -74,6 +74,11 @@ _CONNECTION_RE = re.compile(
 _EXCEPTION_LINE_RE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt|Exit)\b.*$")
 
 
+
+def node_name() -> str:
+    """The Slurm node this rank runs on (several slurmd may share one host), else the hostname."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
 def _env_float(name: str, default: float) -> float:
     value = os.environ.get(name, "")
     return float(value) if value.strip() else default
@@ -670,7 +675,7 @@ class RankContext:
             "kind": outcome.kind if outcome else None,
             "started_at": self.started_at,
             "ended_at": _now() if ended else None,
-            "host": socket.gethostname(),
+            "host": node_name(),
             "hosts": self.renv.hostnames,
             "attempt": self.attempt,
             "resumed_from_iteration": self.resumed_from,
@@ -1103,7 +1108,7 @@ def run_rank(task: TaskSpec, renv: RankEnv | None = None) -> Outcome:
     tee = renv.rank in (0, renv.world_size - 1)
     with RankLog(paths.rank_log(renv.rank), tee=tee):
         print(f"[launch] {task.case_id} phase {task.phase} rank {renv.rank}/{renv.world_size} on "
-              f"{socket.gethostname()} job {renv.job_id} ({renv.source}) MASTER={env['MASTER_ADDR']}:"
+              f"{node_name()} job {renv.job_id} ({renv.source}) MASTER={env['MASTER_ADDR']}:"
               f"{env['MASTER_PORT']} at {ctx.started_at}", flush=True)
         ctx.write_rank_status(None)
         ctx.guard = SignalGuard(ctx.on_signal).install()

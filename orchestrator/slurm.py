@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Reason", "NodeList", "ElapsedRaw", "Restarts")
+SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Reason", "NodeList", "ElapsedRaw")
 DEFAULT_MAX_ARRAY_SIZE = 1001
 # Slurm states after which a job will not run (again) by itself.
 FINAL_STATES = {
@@ -83,12 +83,12 @@ def sacct_states(job_ids: list[str]) -> dict[str, JobState]:
         parts = line.split("|")
         if len(parts) != len(SACCT_FIELDS):
             continue
-        job_id, _raw, state, exit_code, reason, nodes, elapsed, restarts = parts
+        job_id, _raw, state, exit_code, reason, nodes, elapsed = parts
         state = state.split()[0] if state else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
         for expanded in _expand_array_id(job_id):
-            # --duplicates lists requeued attempts too; the last line of a job id is its latest attempt.
-            states[expanded] = JobState(expanded, state, exit_code, reason, nodes,
-                                        float(elapsed or 0), int(restarts or 0))
+            # --duplicates lists every attempt of a requeued job, oldest first: the last line is the latest.
+            restarts = states[expanded].restarts + 1 if expanded in states else 0
+            states[expanded] = JobState(expanded, state, exit_code, reason, nodes, float(elapsed or 0), restarts)
     return states
 
 

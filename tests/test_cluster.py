@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import slurm_support
-from slurm_support import sacct_states, sbatch, slurm_env, wait_for_job
+from slurm_support import require_slurm, sacct_states, sbatch, slurm_env, wait_for_job
 
 from orchestrator import cluster
 from orchestrator.cluster import ClusterPreconditionError, Ports
@@ -65,6 +67,22 @@ def test_check_ports_names_the_taken_port() -> None:
             cluster.check_ports({"slurmctld": port})
         assert err.value.exit_code == 2
     cluster.check_ports({"slurmctld": port})  # free again once the listener is closed
+
+
+@pytest.mark.slurm
+def test_cli_up_refuses_a_taken_port_before_starting_anything(tmp_path: Path) -> None:
+    require_slurm()
+    offset = 300
+    with socket.socket() as listener:  # a real fault: something else listens on slurmctld's port
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("0.0.0.0", Ports.with_offset(offset).slurmctld))
+        listener.listen()
+        proc = _cli("up", "--state-dir", str(tmp_path / "c"), "--port-offset", str(offset), "--no-system-files",
+                    "--no-install")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(f"error: port(s) already in use: {6817 + offset} (slurmctld)")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "c" / "cluster.json").exists()
 
 
 def test_cli_rejects_bad_nodes_with_exit_2() -> None:
@@ -123,9 +141,16 @@ def test_two_node_job_runs_on_both_nodes(slurm_cluster: cluster.ClusterStatus, t
     nodes = {line.split()[1] for line in lines if line.strip()}
     assert nodes == {"node1", "node2"}, lines
     assert all(len(line.split()) == 3 for line in lines if line.strip())  # "<rank>: <node> <hostname>"
-    node_list = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "NodeList", "-j", job], env=slurm_env(),
-                               text=True, capture_output=True, timeout=30).stdout.strip()
+    # sacct may show the COMPLETED state a moment before the job's full NodeList: poll briefly
+    end = time.monotonic() + 15
+    while (node_list := _sacct_node_list(job)) != "node[1-2]" and time.monotonic() < end:
+        time.sleep(0.3)
     assert node_list == "node[1-2]"
+
+
+def _sacct_node_list(job: str) -> str:
+    return subprocess.run(["sacct", "-X", "-n", "-P", "-o", "NodeList", "-j", job], env=slurm_env(), text=True,
+                          capture_output=True, timeout=30).stdout.strip()
 
 
 @pytest.mark.slurm
@@ -172,29 +197,54 @@ def test_up_with_other_settings_is_refused(slurm_cluster: cluster.ClusterStatus)
 
 @pytest.mark.slurm
 def test_down_and_up_of_a_second_cluster(slurm_cluster: cluster.ClusterStatus, tmp_path: Path) -> None:
-    """A private 1-node cluster on other ports: down stops exactly its PIDs, up again reuses its state."""
+    """A private 1-node cluster on other ports: repair of a dead daemon, down stops exactly the recorded
+    PIDs, up again reuses the state (accounting survives)."""
     state_dir = tmp_path / "second"
-    offset = 100
     quiet: list[str] = []
-    first = cluster.up(1, 2, ["p1"], state_dir, ports=Ports.with_offset(offset), system_files=False,
-                       timeout_s=120, say=quiet.append)
-    assert first.healthy, first.render()
-    job = sbatch(["--wrap", "true"], cwd=tmp_path, state_dir=state_dir)
-    assert wait_for_job(job, timeout_s=30, state_dir=state_dir) == {job: "COMPLETED"}
-    pids = {d.key: d.pid for d in first.daemons}
-    assert "munged" not in pids  # the shared munged belongs to the main cluster
 
-    stopped = cluster.down(state_dir, say=quiet.append)
-    assert not stopped.healthy
-    assert not any(cluster.pid_alive(pid) for pid in pids.values() if pid)
-    assert cluster.status().healthy, "stopping the second cluster touched the main one"
+    def second_up() -> cluster.ClusterStatus:
+        return cluster.up(1, 2, ["p1"], state_dir, ports=Ports.with_offset(100), system_files=False,
+                          timeout_s=120, say=quiet.append)
 
-    again = cluster.up(1, 2, ["p1"], state_dir, ports=Ports.with_offset(offset), system_files=False,
-                       timeout_s=120, say=quiet.append)
-    assert again.healthy, again.render()
-    assert sacct_states([job], state_dir) == {job: "COMPLETED"}, "accounting lost across down/up"
-    cluster.down(state_dir, purge=True, say=quiet.append)
-    assert not state_dir.exists()
+    try:
+        first = second_up()
+        assert first.healthy, first.render()
+        job = sbatch(["--wrap", "true"], cwd=tmp_path, state_dir=state_dir)
+        assert wait_for_job(job, timeout_s=30, state_dir=state_dir) == {job: "COMPLETED"}
+        pids = {d.key: d.pid for d in first.daemons}
+        assert "munged" not in pids  # the shared munged belongs to the main cluster
+
+        _kill_and_wait(pids["slurmd-node1"])  # half up: repaired by starting only the dead daemon
+        broken = cluster.status(state_dir)
+        assert any(p.startswith("slurmd-node1 is not running") for p in broken.problems), broken.render()
+        repaired = second_up()
+        assert repaired.healthy, repaired.render()
+        pids_now = {d.key: d.pid for d in repaired.daemons}
+        assert pids_now.pop("slurmd-node1") != pids.pop("slurmd-node1")
+        assert {k: v for k, v in pids_now.items() if k in pids} == pids
+
+        stopped = cluster.down(state_dir, say=quiet.append)
+        assert stopped.stopped and not stopped.healthy
+        assert not any(cluster.pid_alive(pid) for pid in [*pids.values(), *pids_now.values()] if pid)
+        assert cluster.status().healthy, "stopping the second cluster touched the main one"
+
+        again = second_up()
+        assert again.healthy, again.render()
+        assert sacct_states([job], state_dir) == {job: "COMPLETED"}, "accounting lost across down/up"
+        cluster.down(state_dir, purge=True, say=quiet.append)
+        assert not state_dir.exists()
+    finally:
+        if state_dir.exists():  # never leave a second cluster behind, whatever failed
+            cluster.down(state_dir, purge=True, say=quiet.append)
+
+
+def _kill_and_wait(pid: int | None, timeout_s: float = 10) -> None:
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    end = time.monotonic() + timeout_s
+    while cluster.pid_alive(pid):
+        assert time.monotonic() < end, f"pid {pid} still alive {timeout_s}s after SIGTERM"
+        time.sleep(0.1)
 
 
 def test_spec_round_trips_through_the_state_file() -> None:

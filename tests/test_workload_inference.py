@@ -28,6 +28,7 @@ from orchestrator.workload.inference import results_to_json, submission_batches
 
 REPO = Path(__file__).resolve().parents[1]
 CASE_DIR = REPO / "cases" / "gpt" / "gpt_dynamic_inference_tp2_pp2_dp2_tiny_logitsmatch_zmq_cpu"
+GPU_TWIN_DIR = REPO / "cases" / "gpt" / "gpt_dynamic_inference_tp2_pp2_dp2_tiny_logitsmatch_zmq_gpu"
 RUN_TIMEOUT_S = 300  # a bound for the test only; the workload finishes on its own
 NUM_TOKENS = 30
 
@@ -152,8 +153,8 @@ def test_committed_checkpoint_matches_its_provenance():
 
 
 # ----------------------------------------------------------------------------- the real workload
-def _case_argv(output_path: Path) -> tuple[list[str], dict[str, str]]:
-    case = load_case(CASE_DIR)
+def _case_argv(output_path: Path, case_dir: Path = CASE_DIR) -> tuple[list[str], dict[str, str]]:
+    case = load_case(case_dir)
     placeholders = {"CHECKPOINT_LOAD_PATH": str(REPO / "artifacts"), "INFERENCE_OUTPUT_PATH": str(output_path)}
     return render_argv(case.model_args, placeholders), render_env(case.env_vars, placeholders)
 
@@ -261,3 +262,24 @@ def test_inference_case_is_deterministic_and_matches_a_plain_forward(tmp_path):
               f"{max(float(r['coordinator_start_s']) for r in ranks):.2f} s, peak RSS per rank "
               f"{min(int(r['peak_rss_mb']) for r in ranks)}-{max(int(r['peak_rss_mb']) for r in ranks)} MB; "
               f"max |engine - forward| logprob {diff:.2e}")
+
+
+_PARSE_ONLY = """
+import json, sys
+from orchestrator.workload import cpu_backend, inference
+cpu_backend.install()
+from megatron.training.arguments import parse_args
+sys.argv = ["inference", *json.loads(sys.argv[1])]
+args = parse_args(inference.add_inference_args)
+print("PARSED", args.transformer_impl, args.sequence_parallel, args.bf16, args.use_flashinfer_fused_rope)
+"""
+
+
+@pytest.mark.workload
+def test_gpu_twin_flags_are_all_known_to_megatrons_parser(tmp_path):
+    """The GPU twin cannot run here; at least every flag must parse (Megatron's parser + ours)."""
+    argv, case_env = _case_argv(tmp_path / "unused.json", GPU_TWIN_DIR)
+    code, _ = _run([sys.executable, "-c", _PARSE_ONLY, json.dumps(argv)], _env(case_env), tmp_path / "log.txt")
+    text = (tmp_path / "log.txt").read_text()
+    assert code == 0, text[-3000:]
+    assert "PARSED inference_optimized True True True" in text

@@ -13,7 +13,9 @@ Always (CPU and GPU), because these are packaging problems, not device problems:
     `initialize_megatron`) fails and `sys.exit(1)`s: skip it when the prebuilt extension imports.
   * Megatron-FSDP + `fsdp_dtensor` with torch's Adam (no TE/Apex): a rank whose FSDP shard of a
     parameter is empty never creates Adam state for it, the ranks' DTensor sets differ and the first
-    save deadlocks in `all_gather_object`. Empty states are filled in before save and load.
+    save deadlocks in `all_gather_object`. Empty states are filled in before save and load, with the
+    step of the ranks that do update the parameter (DCP keeps one copy of that scalar; a stale copy
+    broke bit-exact resume).
 
 Only when CUDA is absent (`torch.cuda.is_available()` is False, or `force_cpu=True`):
   * A process-wide `TorchFunctionMode` (entered in the calling thread) rewrites CUDA device arguments
@@ -248,21 +250,29 @@ def _install_fsdp_dtensor_optimizer_patch() -> list[str]:
 
 
 def _fill_empty_adam_states(optimizer) -> None:
-    """Give params without Adam state (no grad on this rank) empty moments and the group's step.
+    """Give params whose local FSDP shard is empty Adam state that matches their peers'.
 
-    Adam skips params whose grad is None, so the filled states never change training.
+    DCP saves the scalar `step` of a parameter once (deduplicated across ranks as a replicated tensor),
+    so the empty-shard copy must carry the same step as the ranks that really update the parameter:
+    the current step of this rank's updated parameters (they all step together). Empty moments cost
+    nothing, and Adam skips these params (no grad), so training is unchanged.
     """
     import torch
 
-    fallback = next((s["step"] for s in optimizer.state.values() if s and "step" in s), torch.tensor(0.0))
+    steps = [s["step"] for p, s in optimizer.state.items() if "step" in s and _local_numel(p) > 0]
+    current = max(steps, key=float) if steps else torch.tensor(0.0)
     for group in optimizer.param_groups:
-        params = group["params"]
-        step = next((optimizer.state[p]["step"] for p in params if "step" in optimizer.state.get(p, {})),
-                    fallback)
-        for p in params:
-            if not optimizer.state[p]:
-                optimizer.state[p].update(exp_avg=torch.zeros_like(p.data),
-                                          exp_avg_sq=torch.zeros_like(p.data), step=step.clone())
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if state and _local_numel(p) > 0:
+                continue
+            state.setdefault("exp_avg", torch.zeros_like(p.data))
+            state.setdefault("exp_avg_sq", torch.zeros_like(p.data))
+            state["step"] = current.clone()
+
+
+def _local_numel(param) -> int:
+    return getattr(param, "_local_tensor", param).numel()
 
 
 # ----------------------------------------------------------------------------- CPU: device redirection

@@ -36,8 +36,6 @@ ARTIFACTS = REPO / "artifacts"
 FAMILY, NAME, VERSION = "mcore_gpt", "gpt_tiny", "v1"
 VOCAB_FILE = "gpt_tiny_bpe512.vocab.json"
 TRAINING_MODULE = "orchestrator.workload.pretrain_gpt"
-THIS_MODULE = "orchestrator.workload.frozen_checkpoint"
-TRAIN_RANK_FLAG = "--train-rank"  # internal: `python -m ...frozen_checkpoint --train-rank ARGS` per rank
 NPROC = 8
 TRAIN_ITERS = 100
 SENTENCES_PER_DOCUMENT = 12
@@ -106,9 +104,9 @@ def build_dataset(vocab: Path, prefix: Path) -> int:
 
 
 def run_training(argv: list[str], workdir: Path, nproc: int = NPROC) -> list[str]:
-    """Launch the training workload under torch.distributed.run (via `train_rank`); returns the command."""
+    """Launch the training workload under torch.distributed.run; returns the command."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", THIS_MODULE, TRAIN_RANK_FLAG, *argv]
+           "-m", TRAINING_MODULE, *argv]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_DEVICE_MAX_CONNECTIONS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     log = workdir / "train.log"
@@ -120,44 +118,21 @@ def run_training(argv: list[str], workdir: Path, nproc: int = NPROC) -> list[str
     return cmd
 
 
-def train_rank(argv: list[str]) -> None:
-    """One training rank: `pretrain_gpt.main(argv)` with the dataset index kept mapped.
-
-    Shim: pretrain_gpt.check_splits_have_tokens reads `sequence_lengths` of a low-level dataset it
-    does not keep, whose __del__ unmaps the index file: a segfault with any --data-path. Holding a
-    reference to every low-level dataset built here avoids it without changing what is trained.
-    """
-    from orchestrator.workload import cpu_backend
-
-    cpu_backend.install()
-    from megatron.core.datasets.gpt_dataset import GPTDataset
-
-    from orchestrator.workload import pretrain_gpt
-
-    build = GPTDataset.build_low_level_dataset
-
-    def build_and_keep(*args, **kwargs):
-        dataset = build(*args, **kwargs)
-        _KEPT_DATASETS.append(dataset)
-        return dataset
-
-    GPTDataset.build_low_level_dataset = staticmethod(build_and_keep)
-    try:
-        pretrain_gpt.main(argv)
-    finally:
-        GPTDataset.build_low_level_dataset = staticmethod(build)
-        _KEPT_DATASETS.clear()
-
-
-_KEPT_DATASETS: list = []
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _repo_commit() -> str | None:
+    """The project's commit (read-only git query); None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
 
 
 def _versions() -> dict[str, str]:
@@ -212,11 +187,11 @@ def regenerate(artifacts: Path = ARTIFACTS, train_iters: int = TRAIN_ITERS, keep
             "producer": "python -m orchestrator.workload.frozen_checkpoint",
             "training_command": cmd,
             "training_workload": TRAINING_MODULE,
-            "training_entry": f"{THIS_MODULE}.train_rank -> {TRAINING_MODULE}.main",
             "layout": {"tensor_model_parallel_size": 2, "pipeline_model_parallel_size": 2,
                        "data_parallel_size": NPROC // 4, "world_size": NPROC},
             "env": {"OMP_NUM_THREADS": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "1"},
             "versions": _versions(),
+            "repo_commit": _repo_commit(),
             "tokenizer": {"file": VOCAB_FILE, "sha256": vocab_sha, "type": "TikTokenizer",
                           "vocab_size": tokenizer_assets.VOCAB_SIZE,
                           "num_special_tokens": tokenizer_assets.NUM_SPECIAL_TOKENS},
@@ -234,10 +209,6 @@ def regenerate(artifacts: Path = ARTIFACTS, train_iters: int = TRAIN_ITERS, keep
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == [TRAIN_RANK_FLAG]:
-        train_rank(argv[1:])
-        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=ARTIFACTS)
     parser.add_argument("--train-iters", type=int, default=TRAIN_ITERS)

@@ -23,7 +23,7 @@ then tears its sockets down and returns), rank 0 sends SHUTDOWN and keeps its cl
 the coordinator process has exited, so the message cannot be dropped by closing the socket early.
 
 Launch contract: `main(argv)` in-process, one call per rank (RANK/WORLD_SIZE/MASTER_* set); returns on
-success, raises on failure, leaves no process, thread or socket behind. Standalone:
+success, raises on failure, leaves no process, thread or ZMQ socket behind. Standalone:
     python -m torch.distributed.run --nproc-per-node 8 -m orchestrator.workload.inference ARGS
 """
 
@@ -174,6 +174,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """Megatron's parse_and_validate_args over `argv` (also sets Megatron's global args/tokenizer)."""
     from megatron.training.arguments import parse_and_validate_args
 
+    _check_tokenizer_dependency(argv)
     with _sys_argv(argv):
         args = parse_and_validate_args(
             extra_args_provider=add_inference_args,
@@ -186,6 +187,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.load is None:
         raise InferenceError("--load is required (the frozen checkpoint)")
     return args
+
+
+def _check_tokenizer_dependency(argv: list[str]) -> None:
+    """Megatron's TikTokenizer swallows a missing `tiktoken` and fails later with a NameError."""
+    import importlib.util
+
+    if "TikTokenizer" in argv and importlib.util.find_spec("tiktoken") is None:
+        raise InferenceError("--tokenizer-type TikTokenizer needs the tiktoken package (pip install tiktoken)")
 
 
 def _initialize_megatron() -> None:
@@ -455,15 +464,6 @@ def _shutdown(success: bool, preexisting: set[str]) -> None:
         destroy_global_vars()
     gc.collect()
     _stop_resource_tracker()
-    import torch.distributed as _d  # DEVTEST
-    _pgs = [o for o in gc.get_objects() if isinstance(o, _d.ProcessGroup)]  # DEVTEST
-    if os.environ.get("RANK") == "1":  # DEVTEST
-        print("DEVTEST live PGs", len(_pgs), flush=True)  # DEVTEST
-        import psutil  # DEVTEST
-        print("DEVTEST conns", len(psutil.Process().net_connections()), flush=True)  # DEVTEST
-        if _pgs:  # DEVTEST
-            for r in gc.get_referrers(_pgs[0])[:5]:  # DEVTEST
-                print("DEVTEST ref", type(r), str(r)[:300], flush=True)  # DEVTEST
     for leftover in leftovers(exclude=preexisting):
         print(f"[inference] WARNING leftover after shutdown: {leftover}", flush=True)
 

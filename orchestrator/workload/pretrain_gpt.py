@@ -172,12 +172,16 @@ def check_splits_have_tokens(config, num_samples: list[int | None]) -> None:
         else:
             continue
         for prefix in prefixes:
-            lengths = GPTDataset.build_low_level_dataset(prefix, config).sequence_lengths
-            begin, end = (int(round(b * float(len(lengths)))) for b in bounds)
-            if int(lengths[begin:end].sum()) == 0:
+            dataset = GPTDataset.build_low_level_dataset(prefix, config)  # keep it: lengths view its mmap
+            lengths = dataset.sequence_lengths
+            documents = len(lengths)
+            begin, end = (int(round(b * float(documents))) for b in bounds)
+            tokens = int(lengths[begin:end].sum())
+            del lengths, dataset
+            if tokens == 0:
                 raise ValueError(
                     f"--data-path {prefix}: the {split.name} split (--split {config.split}) holds no tokens "
-                    f"({end - begin} of {len(lengths)} documents) but {wanted} samples are requested; "
+                    f"({end - begin} of {documents} documents) but {wanted} samples are requested; "
                     "use more documents or change --split")
 
 

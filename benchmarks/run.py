@@ -84,7 +84,8 @@ def run_benchmarks(args: argparse.Namespace) -> Report:
 
         config = overhead.OverheadConfig(sizes=args.sizes, repeats=args.repeats, verdict_max=args.verdict_max,
                                          wait_budget_s=args.wait_budget, reframe_budget_s=args.reframe_budget,
-                                         reframe=not args.skip_reframe, keep=args.keep)
+                                         reframe=not args.skip_reframe, keep=args.keep,
+                                         exit_max=0 if args.quick else 10)
         runs = overhead.run(report, config)
         submit_s = {size: [r.extra["submit_s"] for r in items if r.tool == "ours" and r.extra.get("submit_s")]
                     for size, items in runs.items()}
@@ -92,7 +93,7 @@ def run_benchmarks(args: argparse.Namespace) -> Report:
         from . import scaling
 
         scaling.run(report, sizes=args.sizes if len(args.sizes) > 1 else sorted({*args.sizes, 100}),
-                    repeats=args.repeats, submit_s=submit_s, report_max=10 if args.quick else 100, keep=args.keep)
+                    repeats=args.repeats, submit_s=submit_s, report_max=0 if args.quick else 100, keep=args.keep)
     if args.skip_workload:
         report.skip("workload", "--skip-workload" if not args.quick else "--quick")
     else:

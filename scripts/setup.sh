@@ -15,7 +15,7 @@ fi
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt)
 "${PIP[@]}" torch==2.13.0
-"${PIP[@]}" numpy "packaging>=24.2" psutil einops tqdm tensorboard pyyaml pyzmq msgpack
+"${PIP[@]}" numpy "packaging>=24.2" psutil einops tqdm tensorboard pyyaml pyzmq msgpack tiktoken
 "${PIP[@]}" --no-deps --ignore-requires-python megatron-core==0.19.2
 "${PIP[@]}" -e ".[test]"
 .venv/bin/python -c "import torch, megatron.core, submitit, pandas; print('setup: torch', torch.__version__, '| megatron-core', megatron.core.__version__, '| submitit', submitit.__version__)"

@@ -3,7 +3,8 @@
 The workload test runs `gpt/gpt_dynamic_inference_tp2_pp2_dp2_tiny_logitsmatch_zmq_cpu` twice through
 `python -m torch.distributed.run -m orchestrator.workload.inference` (TP2 PP2 DP2, ZMQ coordinator) on
 the committed frozen checkpoint, and once more as a plain single-process forward pass (TP1 PP1, the
-checkpoint resharded, Megatron's training-mode attention) for the logits match.
+checkpoint resharded, Megatron's training-mode attention) for the logits match; that process also
+checks that every flag of the GPU twin (which cannot run here) is known to Megatron's parser.
 """
 
 from __future__ import annotations
@@ -201,7 +202,13 @@ import json, sys
 import torch
 from orchestrator.workload import inference
 inference.install_backends()
-argv, generated = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+argv, generated, gpu_twin_argv = (json.loads(a) for a in sys.argv[1:4])
+# The GPU twin cannot run here; at least all its flags must be known to the parser (no validation).
+from megatron.training.arguments import parse_args
+saved, sys.argv = sys.argv, ["inference", *gpu_twin_argv]
+gpu = parse_args(inference.add_inference_args)
+sys.argv = saved
+print("GPU_TWIN", gpu.transformer_impl, gpu.sequence_parallel, gpu.bf16, gpu.use_flashinfer_fused_rope)
 args = inference.parse_args(argv)
 inference._initialize_megatron()
 from megatron.training import get_tokenizer
@@ -216,16 +223,22 @@ print("REFERENCE " + json.dumps({"prompt": prompt, "logprobs": logprobs.tolist()
 
 
 def _reference_forward(generated: list[int], out_dir: Path) -> dict:
-    """Single process, TP1 PP1 (the checkpoint resharded), a plain training-mode forward pass."""
+    """Single process, TP1 PP1 (the checkpoint resharded), a plain training-mode forward pass.
+
+    The same process parses the GPU twin's flags with Megatron's parser (one megatron import for both).
+    """
     argv, case_env = _case_argv(out_dir / "unused.json")
+    gpu_twin_argv, _ = _case_argv(out_dir / "unused.json", GPU_TWIN_DIR)
     for flag in ("--tensor-model-parallel-size", "--pipeline-model-parallel-size"):
         argv[argv.index(flag) + 1] = "1"
     env = _env(case_env) | {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                             "MASTER_PORT": str(_free_port())}
     log = out_dir / "reference.txt"
-    code, _ = _run([sys.executable, "-c", _REFERENCE, json.dumps(argv), json.dumps(generated)], env, log)
+    code, _ = _run([sys.executable, "-c", _REFERENCE, json.dumps(argv), json.dumps(generated),
+                    json.dumps(gpu_twin_argv)], env, log)
     text = log.read_text()
     assert code == 0, text[-3000:]
+    assert "GPU_TWIN inference_optimized True True True" in text
     return json.loads(re.search(r"^REFERENCE (.*)$", text, re.M).group(1))
 
 
@@ -263,23 +276,3 @@ def test_inference_case_is_deterministic_and_matches_a_plain_forward(tmp_path):
               f"{min(int(r['peak_rss_mb']) for r in ranks)}-{max(int(r['peak_rss_mb']) for r in ranks)} MB; "
               f"max |engine - forward| logprob {diff:.2e}")
 
-
-_PARSE_ONLY = """
-import json, sys
-from orchestrator.workload import cpu_backend, inference
-cpu_backend.install()
-from megatron.training.arguments import parse_args
-sys.argv = ["inference", *json.loads(sys.argv[1])]
-args = parse_args(inference.add_inference_args)
-print("PARSED", args.transformer_impl, args.sequence_parallel, args.bf16, args.use_flashinfer_fused_rope)
-"""
-
-
-@pytest.mark.workload
-def test_gpu_twin_flags_are_all_known_to_megatrons_parser(tmp_path):
-    """The GPU twin cannot run here; at least every flag must parse (Megatron's parser + ours)."""
-    argv, case_env = _case_argv(tmp_path / "unused.json", GPU_TWIN_DIR)
-    code, _ = _run([sys.executable, "-c", _PARSE_ONLY, json.dumps(argv)], _env(case_env), tmp_path / "log.txt")
-    text = (tmp_path / "log.txt").read_text()
-    assert code == 0, text[-3000:]
-    assert "PARSED inference_optimized True True True" in text

@@ -155,9 +155,10 @@ BUILD_DATASET = """
     prefix, documents, vocab = sys.argv[1], int(sys.argv[2]), 127
     rng = numpy.random.default_rng(1234)
     builder = IndexedDatasetBuilder(prefix + ".bin", dtype=numpy.int32)
-    for _ in range(documents):
-        length = int(rng.integers(40, 200))
-        builder.add_document(torch.from_numpy(rng.integers(0, vocab, size=length).astype(numpy.int32)), [length])
+    for _ in range(documents):  # learnable: arithmetic sequences mod vocab (random start and stride)
+        length, start, stride = int(rng.integers(40, 200)), int(rng.integers(vocab)), int(rng.integers(1, 4))
+        tokens = (start + stride * numpy.arange(length)) % vocab
+        builder.add_document(torch.from_numpy(tokens.astype(numpy.int32)), [length])
     builder.finalize(prefix + ".idx")
 """
 

@@ -85,12 +85,23 @@ def _dependency(plan: Plan, array: ArrayPlan, submission: Submission) -> str | N
     return f"afterok:{previous_id}_0" if len(previous.members) > 1 else f"afterok:{previous_id}"
 
 
+def requeue_policy(params: dict[str, Any], infra_retries: int) -> dict[str, Any]:
+    """Slurm requeues a `--requeue` job by itself after a node failure: that is an infrastructure retry, so a
+    sweep allowing none (`infra_retries: 0`) submits with `--no-requeue` and a node failure stays NODE_FAIL."""
+    if infra_retries > 0:
+        return params
+    additional = {k: v for k, v in params.get("additional_parameters", {}).items() if k != "requeue"}
+    additional["no-requeue"] = True
+    return {**params, "additional_parameters": additional}
+
+
 def submit_slurm(plan: Plan, *, write: bool = True) -> Submission:
     submission = Submission(sweep_dir=plan.sweep_dir, submitted_at=dt.datetime.now().isoformat(timespec="seconds"))
     folder = submitit_folder(plan.sweep_dir)
     for array in plan.arrays:
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
-        executor.update_parameters(**array_parameters(plan, array, _dependency(plan, array, submission)))
+        params = array_parameters(plan, array, _dependency(plan, array, submission))
+        executor.update_parameters(**requeue_policy(params, plan.sweep.infra_retries))
         tasks = [str(plan.sweep_dir / plan.phase(key).phase_dir / "task.json") for key in array.members]
         jobs = executor.map_array(run_task, tasks)
         submission.sbatch_calls += 1

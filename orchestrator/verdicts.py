@@ -100,7 +100,8 @@ def _unfinished_outcome(where: str, state: str, sched: str, job: Mapping[str, An
     """No final status.json: the phase never started, or died without writing one."""
     reason = str(job.get("reason") or "")
     if "Dependency" in reason and sched in ("CANCELLED", "PENDING", ""):
-        return PhaseOutcome("DEPENDENCY", "NOT_RUN", f"{where}: never ran, dependency never satisfied ({reason})")
+        return PhaseOutcome("DEPENDENCY", "NOT_RUN(DEPENDENCY)",
+                            f"{where}: never ran, dependency never satisfied ({reason})")
     if sched == "CANCELLED":
         when = "while running" if state == "RUNNING" else "before it started"
         return PhaseOutcome("NOT_RUN", "CANCELLED", f"{where}: cancelled {when} (job {job.get('job_id', '?')})")

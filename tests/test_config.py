@@ -58,7 +58,7 @@ def test_shipped_cluster_contents() -> None:
     assert slurm.executor == "slurm" and slurm.max_array_size is None
     platforms = {name: p.platform for name, p in slurm.partitions.items()}
     assert platforms == {"cpu": "cpu", "h100": "dgx_h100", "a100": "dgx_a100"}
-    assert all((p.nodes, p.ranks_per_node, p.gpus_per_node) == (2, 4, 0) for p in slurm.partitions.values())
+    assert all((p.nodes, p.ranks_per_node, p.gpus_per_node) == (2, 8, 0) for p in slurm.partitions.values())
     dgx = load_cluster(REPO_ROOT / "clusters" / "example-dgx.yaml")
     h100 = dgx.partition("h100")
     assert (h100.platform, h100.gpus_per_node, h100.ranks_per_node) == ("dgx_h100", 8, 8)

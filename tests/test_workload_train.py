@@ -185,17 +185,36 @@ def test_cpu_flags_names_unsupported_flags():
     assert describe_cpu_unsupported(["--enable-cuda-graph"]) == ["--enable-cuda-graph: CUDA graphs"]
 
 
-def test_cpu_flags_accept_every_cpu_case_and_reject_the_gpu_twins():
+def test_cpu_cases_have_no_cpu_unsupported_flags():
     cpu_cases = sorted(p.name for p in CASES.glob("gpt3_mcore_*_cpu"))
     assert {PP4_CASE, FSDP_CASE, TP1_CASE, "gpt3_mcore_dp2_dist_optimizer_cpu"} <= set(cpu_cases)
     for name in cpu_cases:
-        assert cpu_unsupported_flags(load_case(CASES / name).model_args_for_run(1)) == [], name
-    # The GPU twins run TE + bf16 + NCCL: fine on GPUs; nothing in them is CPU-impossible either,
-    # because the CPU backend rewrites --bf16, --transformer-impl and --distributed-backend.
-    for name in ("gpt3_mcore_te_tp1_pp4_resume_torch_dist_untie_embeddings_and_outputs_gpu",
-                 "gpt3_mcore_te_tp2_zp_z3_resume_fsdp_dtensor_gpu"):
         case = load_case(CASES / name)
-        assert case.model_args_for_run(1)["--bf16"] is True
+        assert cpu_unsupported_flags(case.model_args_for_run(1)) == [], name
+        assert "--bf16" not in case.model_args_for_run(1), name
+
+
+SEEDS = REPO.parent / "shared" / "anchors" / "megatron" / "test_cases" / "gpt"
+DATA_FLAGS = {"--data-path", "--vocab-file", "--merge-file"}
+MOCK_FLAGS = {"--mock-data": True, "--tokenizer-type": "NullTokenizer", "--vocab-size": "50257"}
+
+
+@pytest.mark.skipif(not SEEDS.is_dir(), reason="Megatron-LM seed cases (../shared/anchors) not present")
+@pytest.mark.parametrize("seed", ["gpt3_mcore_te_tp1_pp4_resume_torch_dist_untie_embeddings_and_outputs",
+                                  "gpt3_mcore_te_tp2_zp_z3_resume_fsdp_dtensor"])
+def test_gpu_twins_keep_the_seed_flags(seed):
+    """The GPU twins are the seeds with mock data in place of the corpus: same env, flags, order and test type."""
+    original, twin = load_case(SEEDS / seed), load_case(CASES / f"{seed}_gpu")
+    expected = {}
+    for flag, value in original.model_args_for_run(1).items():
+        if flag == "--data-path":
+            expected.update(MOCK_FLAGS)
+        elif flag not in DATA_FLAGS:
+            expected[flag] = value
+    actual = {flag: (str(v) if not isinstance(v, bool) else v) for flag, v in twin.model_args_for_run(1).items()}
+    expected = {flag: (str(v) if not isinstance(v, bool) else v) for flag, v in expected.items()}
+    assert list(actual.items()) == list(expected.items())
+    assert (twin.env(), twin.test_type, twin.metrics) == (original.env(), original.test_type, original.metrics)
 
 
 def test_adapt_argv_for_cpu_rewrites_and_logs():
@@ -243,7 +262,10 @@ def test_same_case_twice_is_bit_identical(tmp_path):
     runs = []
     for k in (1, 2):
         argv, env = case_argv(TP1_CASE, tmp_path / f"r{k}")
-        runs.append(launch(f"tp1_pp1_r{k}", tmp_path / f"r{k}", 1, override(argv, train_iters=10), env))
+        # Run 2 stops through --exit-interval, Megatron's sys.exit(0) path (what run_ci_test.sh adds).
+        extra = {"exit_interval": 10} if k == 2 else {}
+        runs.append(launch(f"tp1_pp1_r{k}", tmp_path / f"r{k}", 1, override(argv, train_iters=10, **extra), env))
+    assert "training loop stopped at iteration 10" in runs[1].log
     a, b = (r.tb["lm loss"] for r in runs)
     assert_bit_identical(a, b, range(1, 11), "lm loss")
     assert_bit_identical(runs[0].tb["num-zeros"], runs[1].tb["num-zeros"], range(1, 11), "num-zeros")
@@ -294,26 +316,55 @@ def test_indexed_dataset_run(tmp_path):
     assert list((tmp_path / "cache").rglob("*document_index.npy")), "GPTDataset index cache not written"
 
 
+@pytest.mark.workload
 def test_empty_split_is_reported_not_hung(tmp_path):
     """Upstream GPTDataset loops forever on a split without tokens; the provider's check raises first."""
-    prefix = build_indexed_dataset(tmp_path / "data", documents=10)
-    result = python_with_backend(f"""
-        from types import SimpleNamespace
-        from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
-        from orchestrator.workload.pretrain_gpt import check_splits_have_tokens
-        config = GPTDatasetConfig(random_seed=1, sequence_length=64, blend=([{str(prefix)!r}], None),
-                                  split="98,1,1", tokenizer=SimpleNamespace(vocab_size=128),
-                                  reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False)
-        check_splits_have_tokens(config, [8, 8, 8])
-    """, tmp_path)
+    prefix = tmp_path / "tiny_10_text_document"
+    result = python_with_backend(BUILD_DATASET.replace("sys.argv[1], int(sys.argv[2])", f"{str(prefix)!r}, 10") + f"""
+    from types import SimpleNamespace
+    from megatron.core.datasets.gpt_dataset import GPTDatasetConfig
+    from orchestrator.workload.pretrain_gpt import check_splits_have_tokens
+    config = GPTDatasetConfig(random_seed=1, sequence_length=64, blend=([{str(prefix)!r}], None),
+                              split="98,1,1", tokenizer=SimpleNamespace(vocab_size=128),
+                              reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False)
+    check_splits_have_tokens(config, [8, 0, 0])  # the train split has tokens: fine
+    check_splits_have_tokens(config, [8, 8, 8])
+""", tmp_path)
     assert result.returncode != 0
-    assert "the valid split (--split 98,1,1) holds no tokens" in result.stderr, result.stderr[-2000:]
+    assert "the valid split (--split 98,1,1) holds no tokens (0 of 10 documents)" in result.stderr, \
+        result.stderr[-2000:]
+
+
+@pytest.mark.workload
+def test_megatron_exit_before_finishing_raises(tmp_path):
+    """Megatron sys.exit()s on some errors (here: --exit-on-missing-checkpoint); main() must raise, not return."""
+    argv, env = case_argv(TP1_CASE, tmp_path)
+    script = f"""
+    from orchestrator.workload import pretrain_gpt
+    try:
+        pretrain_gpt.main({override(argv, exit_on_missing_checkpoint=True)!r})
+    except pretrain_gpt.WorkloadError as err:
+        print("RAISED", err)
+    else:
+        print("RETURNED")
+    """
+    rank_env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29400 + os.getpid() % 500)}
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path, text=True,
+                            env={**os.environ, **env, **rank_env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+                            capture_output=True, timeout=LAUNCH_TIMEOUT_S, check=False)
+    assert "RAISED Megatron exited (code None) before finishing" in result.stdout, result.stdout[-3000:]
 
 
 @pytest.mark.workload
 def test_tp2_checkpoint_loads_into_tp1(tmp_path):
-    """torch_dist reshards on load: a TP2 checkpoint continues at TP1 with the TP2 run's losses (to ~1e-6)."""
-    common = dict(hidden_dropout=0, attention_dropout=0, train_iters=12, save_interval=10)
+    """torch_dist reshards on load: a TP2 checkpoint continues at TP1 with the TP2 run's losses (to ~1e-6).
+
+    The padded vocabulary must not depend on TP (Megatron pads to make-vocab-size-divisible-by x TP), RNG
+    states are keyed by TP rank (--no-load-rng, dropout off), and every requested key must be found.
+    """
+    common = dict(hidden_dropout=0, attention_dropout=0, train_iters=12, save_interval=10,
+                  make_vocab_size_divisible_by=64, dist_ckpt_strictness="raise_unexpected")
     argv, env = case_argv(TP1_CASE, tmp_path, run=1)
     tp2 = launch("tp2_save", tmp_path, 2, override(argv, tensor_model_parallel_size=2, **common),
                  {**env, "CUDA_DEVICE_MAX_CONNECTIONS": "1"})

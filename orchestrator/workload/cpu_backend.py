@@ -32,6 +32,12 @@ Only when CUDA is absent (`torch.cuda.is_available()` is False, or `force_cpu=Tr
     persistent async-save worker, and `gradient_reduce_div_fusion` off on gloo (Megatron-FSDP's
     PREMUL_SUM is NCCL-only). Any other forkserver child imports this module first and installs it.
   * Inference: the triton KV-append kernel is disabled and `communication_utils._is_cuda` relaxed.
+The mode is thread-local: tensors created with a CUDA device in other Python threads are not redirected.
+
+`adapt_argv_for_cpu(argv)` (pure, no torch) forces `--distributed-backend gloo` and `--transformer-impl local`
+and drops `--bf16`/`--fp16` (CPU runs fp32: low precision on CPU is slow, and CPU goldens are per platform
+anyway); `adapt_env_for_cpu(argv)` sets CUDA_DEVICE_MAX_CONNECTIONS the way validate_args demands. Both log
+each change. Flags the CPU path cannot run at all are listed by `cpu_flags` (planner, no torch).
 """
 
 from __future__ import annotations

@@ -5,10 +5,13 @@ case's MODEL_ARGS rendered to argv and is parsed by Megatron's own argument pars
 and log lines are Megatron's. The model is built by Megatron's GPT model builder (TransformerEngine
 layer spec when TE imports and `--transformer-impl transformer_engine`, the local spec otherwise).
 
-`main()` returns on success and raises on failure: a `sys.exit()` inside Megatron counts as success only
-when the loop itself decided to stop (`--exit-interval` / duration / signal); every other exit becomes a
-`WorkloadError`. On return no async-save worker, write-results Manager, DataLoader worker or process
-group is left behind.
+`main()` returns on success and raises on failure: a `sys.exit(0)` inside Megatron counts as success only
+when the loop stopped at `--exit-interval`; a stop for `--exit-duration-in-mins` or a signal, and every
+other `sys.exit()` (Megatron exits that way on e.g. a bad checkpoint), becomes a `WorkloadError`. On return
+no async-save worker, write-results Manager, forkserver, DataLoader worker or process group is left behind.
+
+Fallbacks for a machine without TransformerEngine / Apex / nvidia-resiliency-ext, and the CPU adaptation
+(cpu_backend.adapt_argv_for_cpu), are applied to argv first and logged on rank 0.
 
 Standalone: python -m torch.distributed.run --nproc-per-node 4 -m orchestrator.workload.pretrain_gpt ARGS
 """
@@ -39,11 +42,15 @@ class WorkloadError(RuntimeError):
 
 
 class _ExitDecision:
-    iteration: int | None = None  # set when the training loop itself decided to stop
+    """Set when the training loop itself decided to stop (Megatron then calls sys.exit(0))."""
+
+    iteration: int | None = None
+    planned: bool = False  # --exit-interval (what run_ci_test.sh adds); not a duration limit or a signal
 
 
 def main(argv: list[str]) -> None:
     """Run Megatron's pretrain() with `argv` (MODEL_ARGS); raises on failure."""
+    baseline = _Baseline.take()
     info = cpu_backend.install()
     argv = prepare_argv(list(argv), cpu=info.cpu)
     if info.cpu:
@@ -53,7 +60,7 @@ def main(argv: list[str]) -> None:
         _run(argv)
         success = True
     finally:
-        _shutdown(success)
+        _shutdown(success, baseline)
 
 
 def prepare_argv(argv: list[str], cpu: bool) -> list[str]:
@@ -96,6 +103,7 @@ def _run(argv: list[str]) -> None:
     from megatron.training.argument_utils import gpt_config_from_args, pretrain_cfg_container_from_args
     from megatron.training.arguments import parse_and_validate_args
 
+    _ExitDecision.iteration, _ExitDecision.planned = None, False
     set_startup_timestamps(program_start=_PROGRAM_START, main_entry=time.time())
     with _sys_argv(argv):
         args = parse_and_validate_args()
@@ -106,9 +114,13 @@ def _run(argv: list[str]) -> None:
     try:
         pretrain(cfg, train_valid_test_datasets_provider, ModelType.encoder_or_decoder, forward_step)
     except SystemExit as exc:
-        if exc.code not in (0, None) or _ExitDecision.iteration is None:
+        stopped = _ExitDecision.iteration
+        if exc.code not in (0, None) or stopped is None:
             raise WorkloadError(f"Megatron exited (code {exc.code!r}) before finishing; see the log") from exc
-        _log(f"pretrain_gpt: training loop stopped at iteration {_ExitDecision.iteration} (exit condition)")
+        if not _ExitDecision.planned:
+            raise WorkloadError(f"training stopped at iteration {stopped} of {args.train_iters} "
+                                "(--exit-duration-in-mins or a signal)") from exc
+        _log(f"pretrain_gpt: training loop stopped at iteration {stopped} (--exit-interval)")
 
 
 # ----------------------------------------------------------------------------- data
@@ -267,7 +279,11 @@ def _record_exit_decisions(mtraining) -> None:
     def checkpoint_and_decide_exit(model, optimizer, opt_param_scheduler, iteration, *args, **kwargs):
         should_exit = original(model, optimizer, opt_param_scheduler, iteration, *args, **kwargs)
         if should_exit:
+            from megatron.training import get_args
+
+            interval = get_args().exit_interval
             _ExitDecision.iteration = iteration
+            _ExitDecision.planned = bool(interval) and iteration % interval == 0
         return should_exit
 
     checkpoint_and_decide_exit._records_exit = True
@@ -290,7 +306,7 @@ def _filter_tensorboard_tags(dropped: frozenset[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- shutdown
-def _shutdown(success: bool) -> None:
+def _shutdown(success: bool, baseline: _Baseline) -> None:
     """Leave nothing behind; collective steps only on success (peers may be gone after a failure)."""
     if success:
         _finalize_async_saves()
@@ -308,7 +324,7 @@ def _shutdown(success: bool) -> None:
         destroy_global_vars()
     gc.collect()  # DataLoader iterators (and their worker processes) die with the last reference
     if success:
-        for leftover in leftovers():
+        for leftover in leftovers(baseline):
             print(f"pretrain_gpt: WARNING leftover after shutdown: {leftover}", flush=True)
     print(f"pretrain_gpt: rank {os.environ.get('RANK', '0')} done ok={success} "
           f"peak_rss_mb={cpu_backend.peak_rss_bytes() / 2**20:.1f} wall_s={time.time() - _PROGRAM_START:.1f}",
@@ -340,14 +356,30 @@ def _destroy_process_groups() -> None:
     dist.destroy_process_group()
 
 
-def leftovers() -> list[str]:
-    """Live child processes and non-daemon threads other than the main thread."""
+class _Baseline:
+    """Child processes and threads that existed before main() (the launch's own are not ours)."""
+
+    def __init__(self, pids: set[int], threads: set[int]) -> None:
+        self.pids, self.threads = pids, threads
+
+    @classmethod
+    def take(cls) -> _Baseline:
+        import psutil
+
+        return cls({p.pid for p in psutil.Process().children(recursive=True)},
+                   {t.ident for t in threading.enumerate() if t.ident is not None})
+
+
+def leftovers(baseline: _Baseline | None = None) -> list[str]:
+    """Child processes and non-daemon threads started since `baseline` that are still alive."""
     import psutil
 
+    baseline = baseline or _Baseline(set(), {threading.main_thread().ident})
     found = [f"child pid {p.pid} ({' '.join(p.cmdline()[:3])})"
-             for p in psutil.Process().children(recursive=True) if p.is_running()]
+             for p in psutil.Process().children(recursive=True)
+             if p.pid not in baseline.pids and p.is_running()]
     found += [f"thread {t.name}" for t in threading.enumerate()
-              if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+              if t.ident not in baseline.threads and not t.daemon and t.is_alive()]
     return found
 
 

@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 import time
+import traceback
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # `orchestrator --help` imports this module: keep it light
@@ -62,6 +63,18 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _section(report: Report, name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run one section; a failure is reported as a skipped part (with its traceback), never loses the others."""
+    try:
+        return fn(report, *args, **kwargs)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # noqa: BLE001 - the remaining sections and the results file still count
+        traceback.print_exc()
+        report.skip(name, f"failed: {type(error).__name__}: {error}")
+        return None
+
+
 def _sigterm(_signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt  # so every section's finally (job cancellation, clean-up) runs
 
@@ -75,7 +88,8 @@ def run_benchmarks(args: argparse.Namespace) -> Report:
     if not args.skip_collector:
         from . import collector
 
-        collector.run(report, cases=args.collector_cases, steps=args.collector_steps, repeats=args.repeats)
+        _section(report, "collector", collector.run, cases=args.collector_cases, steps=args.collector_steps,
+                 repeats=args.repeats)
     submit_s: dict[int, list[float]] = {}
     if args.skip_slurm:
         report.skip("slurm", "--skip-slurm")
@@ -86,20 +100,21 @@ def run_benchmarks(args: argparse.Namespace) -> Report:
                                          wait_budget_s=args.wait_budget, reframe_budget_s=args.reframe_budget,
                                          reframe=not args.skip_reframe, keep=args.keep,
                                          exit_max=0 if args.quick else 10)
-        runs = overhead.run(report, config)
+        runs = _section(report, "slurm", overhead.run, config) or {}
         submit_s = {size: [r.extra["submit_s"] for r in items if r.tool == "ours" and r.extra.get("submit_s")]
                     for size, items in runs.items()}
     if not args.skip_scaling:
         from . import scaling
 
-        scaling.run(report, sizes=args.sizes if len(args.sizes) > 1 else sorted({*args.sizes, 100}),
-                    repeats=args.repeats, submit_s=submit_s, report_max=0 if args.quick else 100, keep=args.keep)
+        _section(report, "scaling", scaling.run,
+                 sizes=args.sizes if len(args.sizes) > 1 else sorted({*args.sizes, 100}),
+                 repeats=args.repeats, submit_s=submit_s, report_max=0 if args.quick else 100, keep=args.keep)
     if args.skip_workload:
         report.skip("workload", "--skip-workload" if not args.quick else "--quick")
     else:
         from . import workload
 
-        workload.run(report, repeats=args.repeats, keep=True)
+        _section(report, "workload", workload.run, repeats=args.repeats, keep=True)
     report.details["wall_s"] = time.monotonic() - start
     return report
 

@@ -6,6 +6,8 @@ verdicts is best-effort: a report that cannot be drawn never costs the verdicts.
 
 from __future__ import annotations
 
+import os
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,31 @@ from .fsutil import read_json, write_json_atomic
 JOB_STATES_FILE = "job_states.json"
 
 
-def record_slurm_states(sweep_dir: Path) -> dict[str, dict]:
+def record_slurm_states(sweep_dir: Path, settle_s: float | None = None, poll_s: float = 2.0) -> dict[str, dict]:
+    """The scheduler's view of every phase, written to job_states.json.
+
+    The collector starts once every array has ended (afterany), but slurmdbd lags behind slurmctld: right after
+    a job ended, sacct may still show it PENDING or RUNNING. So sacct is polled (at most `settle_s`,
+    ORCH_SACCT_SETTLE_S, default 60 s) until every phase's state is final.
+    """
     from . import slurm
     from .submit import Submission, case_states
 
     submission = Submission.read(sweep_dir)
     plan_data = read_json(sweep_dir / "plan.json")
-    states = slurm.sacct_states(list(submission.arrays.values()))
-    job_states = case_states(plan_data, submission, states)
+    if settle_s is None:
+        settle_s = float(os.environ.get("ORCH_SACCT_SETTLE_S", "") or 60)
+    deadline = time.monotonic() + settle_s
+    while True:
+        states = slurm.sacct_states(list(submission.arrays.values()))
+        job_states = case_states(plan_data, submission, states)
+        if all(state["state"] in slurm.FINAL_STATES for state in job_states.values()):
+            break
+        if time.monotonic() >= deadline:
+            unfinished = sorted(key for key, state in job_states.items() if state["state"] not in slurm.FINAL_STATES)
+            print(f"sacct still shows {len(unfinished)} phase(s) unfinished after {settle_s:.0f}s: {unfinished[:5]}")
+            break
+        time.sleep(poll_s)
     write_json_atomic(sweep_dir / JOB_STATES_FILE, dict(sorted(job_states.items())))
     return job_states
 

@@ -163,11 +163,15 @@ def classify_log_tail(text: str) -> tuple[str, str]:
 def aggregate(finals: dict[int, dict[str, Any]], world_size: int) -> Outcome:
     """The phase's outcome from the ranks' final statuses: a rank's own error beats peers' connection errors."""
     failed = [f for f in finals.values() if f.get("state") != COMPLETED]
+    missing = sorted(set(range(world_size)) - set(finals))
     if not failed:
-        missing = sorted(set(range(world_size)) - set(finals))
         if missing:
             return Outcome.failed(CRASH, f"ranks {missing} ended without writing a status", "vanished")
         return Outcome.ok()
+    if missing and all((f.get("kind") or "own") in ("connection", "peer") for f in failed):
+        # A rank that died without a word (abort, segfault, OOM kill) is why its peers lost their connections.
+        return Outcome.failed(CRASH, f"rank {missing[0]} died without writing a status (signal, abort or OOM?); "
+                                     f"its peers then lost their connections", "vanished")
     best = min(failed, key=lambda f: (_KIND_ORDER.get(f.get("kind") or "own", 0), f.get("ended_at") or "",
                                       f.get("rank", 0)))
     kind = best.get("kind") or "own"

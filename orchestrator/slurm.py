@@ -115,6 +115,12 @@ def squeue_count(user_filter: str | None = None) -> int:
     return len(_run(argv).split())
 
 
+def release(job_ids: list[str]) -> None:
+    """Let held jobs (`--hold`) be scheduled."""
+    for job_id in job_ids:
+        _run(["scontrol", "release", job_id], timeout=30)
+
+
 def scancel(job_ids: list[str]) -> None:
     if job_ids:
         subprocess.run(["scancel", *job_ids], capture_output=True, check=False, timeout=60)

@@ -95,17 +95,25 @@ def requeue_policy(params: dict[str, Any], infra_retries: int) -> dict[str, Any]
     return {**params, "additional_parameters": additional}
 
 
+def held(params: dict[str, Any]) -> dict[str, Any]:
+    """Submit with `--hold`: submitit creates a job's log folder (`submitit/<job id>/`, where Slurm opens the job's
+    stdout) only after sbatch returned, and Slurm starts a job at once; a task starting first fails without a line
+    of output. The driver releases the job once submitit is done with it."""
+    return {**params, "additional_parameters": {**params.get("additional_parameters", {}), "hold": True}}
+
+
 def submit_slurm(plan: Plan, *, write: bool = True) -> Submission:
     submission = Submission(sweep_dir=plan.sweep_dir, submitted_at=dt.datetime.now().isoformat(timespec="seconds"))
     folder = submitit_folder(plan.sweep_dir)
     for array in plan.arrays:
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
         params = array_parameters(plan, array, _dependency(plan, array, submission))
-        executor.update_parameters(**requeue_policy(params, plan.sweep.infra_retries))
+        executor.update_parameters(**held(requeue_policy(params, plan.sweep.infra_retries)))
         tasks = [str(plan.sweep_dir / plan.phase(key).phase_dir / "task.json") for key in array.members]
         jobs = executor.map_array(run_task, tasks)
         submission.sbatch_calls += 1
         base_id = jobs[0].job_id.split("_")[0]
+        slurm.release([base_id])
         submission.arrays[array.name] = base_id
         for key, job in zip(array.members, jobs, strict=False):
             submission.phase_jobs[key] = job.job_id
@@ -113,9 +121,10 @@ def submit_slurm(plan: Plan, *, write: bool = True) -> Submission:
             submission.write()  # a crash mid-submission still leaves a record of what is queued
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
     deps = "afterany:" + ":".join(submission.arrays.values()) if submission.arrays else None
-    executor.update_parameters(**collector_parameters(plan, deps))
+    executor.update_parameters(**held(collector_parameters(plan, deps)))
     job = executor.submit(run_collector, str(plan.sweep_dir))
     submission.sbatch_calls += 1
+    slurm.release([job.job_id])
     submission.collector = job.job_id
     if write:
         submission.write()

@@ -18,7 +18,7 @@ import pytest
 
 from orchestrator.config import REPO_ROOT
 
-pytestmark = pytest.mark.workload
+pytestmark = [pytest.mark.workload, pytest.mark.timeout(1800)]
 
 CPU_CASES = sorted(p.parent for p in (REPO_ROOT / "cases").glob("*/*_cpu/model_config.yaml"))
 

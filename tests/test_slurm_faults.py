@@ -61,8 +61,8 @@ CASES: dict[str, tuple[str, int, dict[str, Any]]] = {
     "p1fail": ("ckpt-resume", 9, {"SYNTH_FAIL_AT_STEP": 7, "SYNTH_FAIL_RANK": 1}),
     "sleepy": ("regular", 7, {"SYNTH_SLEEP_PER_STEP": 20}),
 }
-RECOLLECTED = ("verdicts.csv", "checks.csv", "summary.json", "junit.xml", "summary.md", "metrics.parquet",
-               "report.html", "report.md")
+TABLES = ("verdicts.csv", "checks.csv", "summary.json", "junit.xml", "summary.md", "metrics.parquet")
+REPORTS = ("report.html", "report.md")  # they also show the diff against the previous sweep in the history store
 # Not `--time 1`: submitit asks Slurm for USR2 90 s before the limit, and Slurm sends it up to one 30-s check earlier
 # still, i.e. within 0-30 s of the start for any limit up to 2 minutes: possibly before Python installed a handler,
 # and then the rank dies of it with no status (a CRASH). With 3 minutes it comes 60-90 s after the start.
@@ -306,7 +306,7 @@ class Faults:
     restored: bool = False
     requeue: dict[str, Any] = field(default_factory=dict)
     driver_kill: dict[str, Any] = field(default_factory=dict)
-    recollect: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+    recollect: list[dict[str, bytes]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     t0: float = field(default_factory=time.monotonic)
 
@@ -424,19 +424,20 @@ def twin_dirs(f: Faults) -> list[Path]:
 
 def collector_files(run_dir: Path) -> dict[str, bytes]:
     """What collecting writes: the tables, reports, candidate goldens and the sweep's history entry."""
-    paths = [run_dir / name for name in RECOLLECTED]
+    paths = [run_dir / name for name in (*TABLES, *REPORTS)]
     paths += sorted(run_dir.glob("cases/*/*/golden_values_*.json"))
     paths.append(run_dir.parent / "history" / f"{run_dir.name}.parquet")
     return {str(path.relative_to(run_dir.parent)): path.read_bytes() for path in paths}
 
 
 def recollect(f: Faults, run_dir: Path) -> None:
-    before = collector_files(run_dir)
-    result = subprocess.run([sys.executable, "-m", "orchestrator", "collect", str(run_dir)], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    after = collector_files(run_dir)
-    f.recollect = {name: (before[name], after.get(name, b"")) for name in before}
+    """Collect a finished sweep twice more: the collector job's output, then that of each `orchestrator collect`."""
+    f.recollect = [collector_files(run_dir)]
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-m", "orchestrator", "collect", str(run_dir)], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        f.recollect.append(collector_files(run_dir))
 
 
 @pytest.fixture(scope="module")
@@ -583,6 +584,9 @@ def test_two_sweeps_at_once_do_not_clobber(faults):
 
 
 def test_recollect_is_byte_identical(faults):
-    assert len(faults.recollect) == len(RECOLLECTED) + 3, sorted(faults.recollect)  # + 2 goldens + history
-    changed = [name for name, (before, after) in faults.recollect.items() if before != after]
-    assert not changed, f"`orchestrator collect` changed {changed}"
+    by_job, first, second = faults.recollect
+    assert len(by_job) == len(TABLES) + len(REPORTS) + 3, sorted(by_job)  # + 2 candidate goldens + history entry
+    changed = [name for name in by_job if by_job[name] != first[name] and not name.endswith(REPORTS)]
+    assert not changed, f"`orchestrator collect` after the collector job changed {changed}"
+    changed = [name for name in first if first[name] != second[name]]
+    assert not changed, f"a second `orchestrator collect` changed {changed}"

@@ -62,8 +62,30 @@ class CaseRun:
     exit_code: int
     sweep_dir: Path
     phases: dict[int, list[RankFacts]] = field(default_factory=dict)
+    spans: dict[int, tuple[float, float]] = field(default_factory=dict)  # phase → launch's (started, ended)
     step_times: list[float] = field(default_factory=list)
     verdict: str = ""
+    started: float = 0.0  # time.time() at command start
+    verdicts_at: float | None = None  # verdicts.csv mtime
+
+    def breakdown(self) -> dict[str, float]:
+        """Where the wall time outside the workload goes (seconds), from the launch's and the files' times."""
+        if not self.spans or not self.started:
+            return {}
+        order = [self.spans[p] for p in sorted(self.spans)]
+        walls = {p: max((r.wall_s for r in ranks if r.wall_s is not None), default=0.0)
+                 for p, ranks in self.phases.items()}
+        parts = {"start → first phase (CLI, plan, rank spawn)": order[0][0] - self.started,
+                 "between phases (rank spawn, checkpoint check)": sum(b[0] - a[1] for a, b in zip(order, order[1:], strict=False)),
+                 "inside phases, outside the workload (launch)": sum(
+                     max(0.0, (end - begin) - walls.get(p, 0.0)) for p, (begin, end) in sorted(self.spans.items()))}
+        end = self.started + self.wall_s
+        if self.verdicts_at:
+            parts["last phase → verdicts (poll, collect, compare)"] = self.verdicts_at - order[-1][1]
+            parts["verdicts → exit (report.html, history)"] = end - self.verdicts_at
+        else:
+            parts["last phase → exit"] = end - order[-1][1]
+        return parts
 
     @property
     def critical_path_s(self) -> float | None:
@@ -90,16 +112,24 @@ def parse_rank_log(path: Path) -> RankFacts:
     return facts
 
 
-def read_case_run(case: str, sweep_dir: Path, wall_s: float, exit_code: int) -> CaseRun:
+def read_case_run(case: str, sweep_dir: Path, wall_s: float, exit_code: int, started: float = 0.0) -> CaseRun:
     from orchestrator.collect import read_tensorboard_scalars
 
-    run = CaseRun(case, wall_s, exit_code, sweep_dir)
+    run = CaseRun(case, wall_s, exit_code, sweep_dir, started=started)
     for phase_dir in sorted(sweep_dir.glob("cases/*/*/run_*")):
         phase = int(phase_dir.name.split("_")[1])
         run.phases[phase] = [parse_rank_log(p) for p in sorted((phase_dir / "logs").glob("rank_*.log"))]
+        status = phase_dir / "status.json"
+        if status.exists():
+            data = read_json(status)
+            if data.get("started_at") and data.get("ended_at"):
+                run.spans[phase] = (dt.datetime.fromisoformat(data["started_at"]).timestamp(),
+                                    dt.datetime.fromisoformat(data["ended_at"]).timestamp())
         if phase == 1 and (phase_dir / "tensorboard").is_dir():
             series = read_tensorboard_scalars(phase_dir / "tensorboard")
             run.step_times = list(series.get("iteration-time", {}).values())
+    if (sweep_dir / "verdicts.csv").exists():
+        run.verdicts_at = (sweep_dir / "verdicts.csv").stat().st_mtime
     verdicts = sweep_dir / "summary.json"
     if verdicts.exists():
         rows = read_json(verdicts).get("case_runs") or []
@@ -112,14 +142,14 @@ def run_case(case: str, work: Path, cluster_file: Path, timeout_s: float) -> Cas
     out = work / case.split("/")[-1]
     argv = [venv_python(), "-m", "orchestrator", "run", "--cluster", str(cluster_file), "--case", case,
             "--out", str(out), "--results-dir", str(work)]
-    start = time.monotonic()
+    started, start = time.time(), time.monotonic()
     with open(work / f"{out.name}.out", "w") as log:
         try:
             code = subprocess.run(argv, cwd=REPO_ROOT, env=bench_env(), stdout=log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, timeout=timeout_s, check=False).returncode
         except subprocess.TimeoutExpired:
             code = 124
-    return read_case_run(case, out, time.monotonic() - start, code)
+    return read_case_run(case, out, time.monotonic() - start, code, started)
 
 
 # What a CPU rank imports before Megatron's loop: the CPU backend's fixes (stubs for CUDA-only modules) first.
@@ -196,8 +226,11 @@ def _case_figures(report: Report, result: CaseRun) -> None:
         figure = report.add(Figure(SECTION, f"{name}: orchestration share of wall time", "fraction", [share],
                                    target=f"< {SHARE_TARGET:.0%} of the critical path"))
         figure.met = share < SHARE_TARGET
+        parts = result.breakdown()
         figure.note = (f"wall {result.wall_s:.1f} s, workload critical path {result.critical_path_s:.1f} s; "
-                       "interpreter start, launch, collect and report count as orchestration")
+                       + "; ".join(f"{k} {v:.1f} s" for k, v in parts.items()))
+        for part, seconds in parts.items():
+            report.add(Figure(SECTION, f"{name}: orchestration: {part}", "s", [seconds]))
     else:
         report.skip(f"{SECTION}/{name}", f"no workload wall time in the rank logs (exit {result.exit_code}); "
                                          f"see {result.sweep_dir}")
@@ -206,7 +239,7 @@ def _case_figures(report: Report, result: CaseRun) -> None:
 def _case_details(result: CaseRun) -> dict[str, Any]:
     return {"wall_s": result.wall_s, "exit_code": result.exit_code, "verdict": result.verdict,
             "sweep_dir": str(result.sweep_dir), "critical_path_s": result.critical_path_s,
-            "orchestration_share": result.orchestration_share,
+            "orchestration_share": result.orchestration_share, "breakdown_s": result.breakdown(),
             "step_time_median_s": statistics.median(result.step_times) if result.step_times else None,
             "phases": {str(p): [vars(r) for r in ranks] for p, ranks in result.phases.items()}}
 

@@ -459,7 +459,7 @@ class RankLog:
         assert self._saved is not None
         read_end, write_end = os.pipe()
         try:
-            self._tee = subprocess.Popen(["tee", "-a", str(self.path)], stdin=read_end, stdout=self._saved[0],
+            self._tee = subprocess.Popen(_TEE_ARGV + [str(self.path)], stdin=read_end, stdout=self._saved[0],
                                          stderr=self._saved[1])
         except OSError:
             os.close(write_end)
@@ -480,6 +480,20 @@ class RankLog:
                 self._tee.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._tee.kill()
+
+
+# Slurm signals every process of a step (time limit, the --signal warning, preemption). The signals are the rank's
+# to handle; a tee killed by one would break the rank's stdout while the rank still reports how it ended. So tee
+# ignores them (an ignored signal stays ignored across exec) and ends at EOF, when the rank's process exits.
+_TEE_ARGV = ["sh", "-c", 'trap "" TERM USR2 INT; exec tee -a "$0"']
+
+
+def _print_exc() -> None:
+    """traceback.print_exc() that never raises: the status must be written even when the log pipe is gone."""
+    try:
+        traceback.print_exc()
+    except OSError:
+        pass
 
 
 def _flush_std() -> None:
@@ -775,7 +789,10 @@ class RankContext:
         final = self.finish(outcome, summarize=self.renv.rank == 0 or 0 in gone)
         if final is None:
             return
-        print(f"[launch] rank {self.renv.rank}: {outcome.error}; exiting", flush=True)
+        try:
+            print(f"[launch] rank {self.renv.rank}: {outcome.error}; exiting", flush=True)
+        except OSError:  # the log pipe is gone; the statuses are written
+            pass
         self.kill_children()
         _flush_std()
         os._exit(final.exit_code or 1)
@@ -1094,10 +1111,10 @@ def _execute(ctx: RankContext, env: dict[str, str]) -> Outcome:
         received = ctx.guard.received if ctx.guard else None
         if exc.code in (0, None) and not received:
             return Outcome.ok()
-        traceback.print_exc()
+        _print_exc()
         return classify_exception(exc, received)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a status, then a non-zero exit
-        traceback.print_exc()
+        _print_exc()
         return classify_exception(exc, ctx.guard.received if ctx.guard else None)
 
 
@@ -1133,8 +1150,11 @@ def run_rank(task: TaskSpec, renv: RankEnv | None = None) -> Outcome:
             final.requeue_exit = ctx.guard.requeue_exit
             _retire_attempt_dir(ctx)
         requeued = " (submitit requeued the job)" if final.requeue_exit is not None else ""
-        print(f"[launch] rank {renv.rank}: {final.state} {final.error_class or ''} {final.error or ''}".rstrip()
-              + requeued, flush=True)
+        try:
+            print(f"[launch] rank {renv.rank}: {final.state} {final.error_class or ''} {final.error or ''}".rstrip()
+                  + requeued, flush=True)
+        except OSError:  # the log pipe is gone; the statuses are written
+            pass
     return final
 
 

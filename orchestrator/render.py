@@ -62,7 +62,15 @@ def array_parameters(plan: Plan, array: ArrayPlan, dependency: str | None) -> di
     params["additional_parameters"] = additional
     params["stderr_to_stdout"] = True
     params["setup"] = list(JOB_SETUP)
+    params["signal_delay_s"] = signal_delay_s(array.shape.time_min)
     return params
+
+
+def signal_delay_s(time_min: int) -> int:
+    """How long before the limit submitit's USR2 comes. Slurm checks limits every ~30 s, so with submitit's
+    default of 90 s a short job could get it before Python has installed a handler (a TIMEOUT then looks
+    like a CRASH): short limits get the signal at the limit itself, together with Slurm's SIGTERM."""
+    return min(90, max(0, time_min * 60 - 150))
 
 
 # Determinism: one thread per rank, pinned before submitit's own imports load numpy.

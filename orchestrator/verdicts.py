@@ -96,6 +96,19 @@ def classify_phase(phase: PhaseData) -> PhaseOutcome:
     return _unfinished_outcome(where, state, sched, job)
 
 
+def dependency_outcomes(phases: Sequence[PhaseData], outcomes: Sequence[PhaseOutcome]) -> list[PhaseOutcome]:
+    """A phase that never started and was cancelled after an earlier phase of its case run failed was not run
+    because of its dependency (Slurm's kill-on-invalid-dep), whatever sacct's Reason column says: slurmdbd does
+    not always keep "Dependency" there."""
+    result = list(outcomes)
+    for index, (phase, outcome) in enumerate(zip(phases, outcomes, strict=False)):
+        earlier = next((o for o in result[:index] if o.failure_class), None)
+        if earlier and not phase.status and (outcome.failure_class, outcome.state) == ("NOT_RUN", "CANCELLED"):
+            result[index] = PhaseOutcome("DEPENDENCY", "NOT_RUN(DEPENDENCY)", f"phase {phase.phase}: never ran, "
+                                         f"cancelled because an earlier phase failed ({earlier.state})")
+    return result
+
+
 def _unfinished_outcome(where: str, state: str, sched: str, job: Mapping[str, Any]) -> PhaseOutcome:
     """No final status.json: the phase never started, or died without writing one."""
     reason = str(job.get("reason") or "")
@@ -190,6 +203,7 @@ def _retries(phase: PhaseData) -> int:
 def verdict_row(sweep_id: str, result: CaseRunResult) -> dict[str, Any]:
     run = result.run
     outcomes = [] if run.get("unsupported") else [classify_phase(phase) for phase in result.phases]
+    outcomes = dependency_outcomes(result.phases, outcomes)
     verdict, failure_class, reason = _verdict(result, outcomes)
     problems = [problem for phase in result.phases for problem in phase.problems] + result.notes
     if problems and verdict not in ("PASS", "UNSUPPORTED"):

@@ -8,10 +8,13 @@ import subprocess
 import sys
 
 import pytest
+import slurm_support
 
 from benchmarks import collector, common, gen, reframe_peer, scaling
 from benchmarks.common import CallCounter, Figure, Report, render_markdown, render_table
 from orchestrator.config import REPO_ROOT
+
+slurm_cluster = slurm_support.slurm_cluster  # the session fixture (brings the local cluster up when needed)
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +128,27 @@ def test_orchestrator_bench_verb_is_registered():
 
     args = build_parser().parse_args(["bench", "--quick", "--skip-slurm", "--sizes", "10,100"])
     assert args.quick and args.skip_slurm and args.sizes == [10, 100]
+
+
+@pytest.mark.slurm
+def test_our_sweep_is_counted_and_cancelled_on_the_local_cluster(slurm_cluster, bench_dir):
+    """The instrumented CLI on the real cluster: 3 cases → 1 array + 1 collector = 2 measured sbatch calls."""
+    import secrets
+
+    from benchmarks import overhead
+
+    assert overhead.cluster_unavailable_reason() is None
+    env = overhead.slurm_env()
+    token = f"t{secrets.token_hex(2)}"
+    sweep = gen.generate_cases(bench_dir / "n3", 3)
+    cluster = gen.write_cluster(bench_dir / "cluster.yaml", executor="slurm", partition=overhead.PARTITION)
+    try:
+        run = overhead.run_ours(sweep, cluster, 3, 0, token, wait=False, budget_s=120, env=env)
+    finally:
+        overhead.cancel_prefix(f"orch-bench-{token}", env)
+    assert run.ok, run.note
+    assert run.sbatch == run.expected_sbatch == 2
+    assert run.queued_s is not None and run.queued_s > 0
+    assert run.extra["submit_s"] is not None and run.extra["startup_s"] is not None
+    overhead.wait_queue_drained(f"orch-bench-{token}", env, timeout_s=60)
+    assert overhead.queued_with_prefix(f"orch-bench-{token}", env) == 0

@@ -345,10 +345,10 @@ def test_verdict_columns_and_scheduler_fields(collected):
         "failure_class", "golden", "reason", "phase_states", "job_ids", "wall_s", "retries", "fingerprint")
     assert list(table["case"]) == sorted(table["case"])
     blocked = verdict_of(result, "blocked")
-    assert (blocked["phase_states"], blocked["job_ids"], blocked["wall_s"]) == ("1:COMPLETED 2:NOT_RUN", "11_6 12_6",
+    assert (blocked["phase_states"], blocked["job_ids"], blocked["wall_s"]) == ("1:COMPLETED 2:NOT_RUN(DEPENDENCY)", "11_6 12_6",
                                                                               12.5)
     assert verdict_of(result, "resume")["wall_s"] == 200.0  # from status.json times
-    assert verdict_of(result, "timeout")["phase_states"] == "1:TIMEOUT 2:NOT_RUN"
+    assert verdict_of(result, "timeout")["phase_states"] == "1:TIMEOUT 2:NOT_RUN(DEPENDENCY)"
 
 
 @anchors

@@ -175,20 +175,30 @@ def _existing_run_dir(path: Path) -> Path:
     return path
 
 
-def _register_optional(sub: argparse._SubParsersAction, module: str) -> None:
-    """Verbs owned by other modules register themselves (cluster, history, golden, rerun, bench)."""
+# Verbs whose modules register their own parsers; imported only when that verb is used, so that other
+# commands do not pay for pandas & co. at start-up.
+MODULE_VERBS = {
+    "history": ("history", "history across sweeps: diff against the previous comparable sweep, flaky cases"),
+    "golden": ("promote", "golden values: promote a run's candidates into the case folders"),
+    "rerun": ("rerun", "rerun the failing case runs of a sweep, in the same run dir"),
+    "cluster": ("cluster", "a real local Slurm cluster: up | down | status"),
+    "bench": ("bench", "benchmarks: orchestration overhead vs ReFrame, collector, workload, scaling"),
+}
+
+
+def _register_module_verbs(sub: argparse._SubParsersAction, argv: list[str] | None) -> None:
     import importlib
 
-    try:
-        mod = importlib.import_module(f"orchestrator.{module}")
-    except ImportError:
-        return
-    register = getattr(mod, "register_cli", None)
-    if register:
-        register(sub)
+    args = sys.argv[1:] if argv is None else argv
+    wanted = next((a for a in args if not a.startswith("-")), None)
+    for verb, (module, text) in MODULE_VERBS.items():
+        if verb == wanted:
+            importlib.import_module(f"orchestrator.{module}").register_cli(sub)
+        else:
+            sub.add_parser(verb, help=text, add_help=False)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator",
         description="Slurm orchestrator for Megatron-style functional (regression) tests.",
@@ -242,13 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", help="partition the driver job runs in")
     p.set_defaults(func=cmd_nightly)
 
-    for module in ("history", "promote", "rerun", "cluster", "bench"):
-        _register_optional(sub, module)
+    _register_module_verbs(sub, argv)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

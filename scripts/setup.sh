@@ -17,6 +17,6 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c scri
 "${PIP[@]}" torch==2.13.0
 "${PIP[@]}" numpy "packaging>=24.2" psutil einops tqdm tensorboard pyyaml pyzmq msgpack tiktoken
 "${PIP[@]}" --no-deps --ignore-requires-python megatron-core==0.19.2
-"${PIP[@]}" -e ".[test]"
+"${PIP[@]}" -e ".[test,bench]"
 .venv/bin/python -c "import torch, megatron.core, submitit, pandas; print('setup: torch', torch.__version__, '| megatron-core', megatron.core.__version__, '| submitit', submitit.__version__)"
 echo "$want" > "$STAMP"

@@ -102,7 +102,15 @@ def is_cpu() -> bool:
 _CPU_FORCED_VALUES = {"--distributed-backend": "gloo", "--transformer-impl": "local"}
 # bf16/fp16 would run (slowly) through Megatron's Float16Module on CPU, but CPU goldens are fp32 by
 # design: low precision on CPU buys nothing and its reductions are not the GPU's anyway.
-_CPU_DROPPED = ("--bf16", "--fp16")
+_CPU_DROPPED = {
+    "--bf16": "CPU runs in fp32",
+    "--fp16": "CPU runs in fp32",
+    # megatron-core's async writer stages device tensors to host memory before the step goes on; CPU tensors
+    # are handed over as they are (`to("cpu")` is a no-op), so the writer would race the next optimizer
+    # steps and a resume would not be bit-exact. Saves on CPU are synchronous.
+    "--async-save": "CPU checkpoints are saved synchronously (the async writer would race training)",
+    "--use-persistent-ckpt-worker": "no async save on CPU",
+}
 
 
 def adapt_argv_for_cpu(argv: list[str], log: typing.Callable[[str], None] = print) -> list[str]:
@@ -114,7 +122,7 @@ def adapt_argv_for_cpu(argv: list[str], log: typing.Callable[[str], None] = prin
         arg = argv[i]
         flag, eq, inline = arg.partition("=")
         if flag in _CPU_DROPPED:
-            log(f"cpu_backend: dropping {flag} (CPU runs in fp32)")
+            log(f"cpu_backend: dropping {flag} ({_CPU_DROPPED[flag]})")
             i += 1
             continue
         if flag in _CPU_FORCED_VALUES:

@@ -126,7 +126,8 @@ def test_entry_point_prints_table_and_writes_json(bench_dir):
 def test_orchestrator_bench_verb_is_registered():
     from orchestrator.cli import build_parser
 
-    args = build_parser().parse_args(["bench", "--quick", "--skip-slurm", "--sizes", "10,100"])
+    argv = ["bench", "--quick", "--skip-slurm", "--sizes", "10,100"]
+    args = build_parser(argv).parse_args(argv)
     assert args.quick and args.skip_slurm and args.sizes == [10, 100]
 
 

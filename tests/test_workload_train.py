@@ -310,6 +310,34 @@ def test_resume_fsdp_dtensor_is_bit_exact(tmp_path):
 
 
 @pytest.mark.workload
+def test_gloo_groups_run_collectives_one_at_a_time(tmp_path):
+    """Two collectives of one gloo group executing at once corrupt the heap (Megatron-FSDP: an async
+    parameter all-gather still running when the gradient reduce-scatter starts). Every gloo group that
+    torch.distributed builds under the CPU backend has one worker thread, the backends C++ hands back still
+    pass torch's isinstance checks, and async collectives still work."""
+    result = python_with_backend(f"""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+    dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+    groups = [c10d._get_default_group(), dist.new_group([0])]
+    backends = [group._get_backend(torch.device("cpu")) for group in groups]
+    print("THREADS", [backend.options._threads for backend in backends])
+    print("ISINSTANCE", all(isinstance(b, dist.ProcessGroupGloo) for b in backends))
+    gathered, total = torch.empty(4), torch.ones(3)
+    with c10d._coalescing_manager(groups[1], async_ops=True) as pending:
+        dist.all_gather_into_tensor(gathered, torch.arange(4.0), group=groups[1], async_op=True)
+    dist.all_reduce(total, group=groups[1])
+    pending.wait()
+    print("RESULT", gathered.tolist(), total.tolist())
+    dist.destroy_process_group()
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "THREADS [1, 1]" in result.stdout and "ISINSTANCE True" in result.stdout, result.stdout[-2000:]
+    assert "RESULT [0.0, 1.0, 2.0, 3.0] [1.0, 1.0, 1.0]" in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.workload
 def test_indexed_dataset_run(tmp_path):
     prefix = build_indexed_dataset(tmp_path / "data", documents=400)
     argv, env = case_argv(TP1_CASE, tmp_path)

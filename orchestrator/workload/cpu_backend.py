@@ -26,6 +26,14 @@ Only when CUDA is absent (`torch.cuda.is_available()` is False, or `force_cpu=Tr
     The separation matters for bit-exact resume: the DataLoader draws from the CPU generator after the
     checkpoint's RNG state is restored, which must not move dropout outside the RNG tracker.
   * Megatron's `CudaRNGStatesTracker` runs on CPU generator states.
+  * Every gloo process group runs its collectives one at a time, in issue order (one worker thread instead
+    of torch's two). Two collectives of one gloo group executing at once corrupt the heap (torch 2.13's
+    gloo: an all-reduce-based collective running beside an all-gather of the same group ends in
+    `malloc(): unaligned tcache chunk detected` or a SIGSEGV/SIGBUS inside gloo), and Megatron-FSDP
+    causes exactly that: it prefetches parameter all-gathers with async_op=True and reduce-scatters
+    gradients on the same data-parallel group before waiting for them. Serial groups are NCCL's model
+    (one stream per communicator): same collectives, same order, same arithmetic, so results are
+    bit-identical, and async work still overlaps with the Python thread.
   * megatron.training: `initialize_megatron(allow_no_cuda=True)`, `torch.cuda.device_count() == 1` (so
     model parallel and the tracker seeds are initialised), `torch.compile` (jit_fuser) disabled with
     its 20 s JIT warm-up, fork (not spawn/forkserver) for the torch_dist write-results Manager and the
@@ -83,7 +91,8 @@ def install(force_cpu: bool = False) -> BackendInfo:
         _install_torch_cuda_stubs()
         _enter_device_mode()
         _preload_in_forkserver()
-        patches += ["torch.cuda-stubs", "cuda->cpu-mode", "forkserver-preload"]
+        _serialize_gloo_process_groups()
+        patches += ["torch.cuda-stubs", "cuda->cpu-mode", "forkserver-preload", "serial-gloo-groups"]
     patches += _install_wheel_patches()
     patches += _install_fsdp_dtensor_optimizer_patch()
     if cpu:
@@ -472,6 +481,60 @@ def _replace_generator_class(torch) -> None:
             return base.__new__(cls, "cpu" if _is_cuda_device(device) else device)
 
     torch.Generator = CpuGenerator
+
+
+# ----------------------------------------------------------------------------- CPU: gloo process groups
+def _serialize_gloo_process_groups() -> None:
+    """Gloo process groups created through torch.distributed get one worker thread (see the module doc).
+
+    ProcessGroupGloo queues a group's collectives and runs them on `threads` workers (2 by default), so a
+    collective issued while an async one is still running executes concurrently with it. With one worker
+    they run back to back in issue order. The class is replaced where torch.distributed builds groups;
+    isinstance checks keep accepting the plain backends that C++ hands back (`group._get_backend`).
+    """
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d as c10d
+
+    base = c10d.ProcessGroupGloo
+    if getattr(base, "_orchestrator_serial", False):
+        return
+
+    class _AnyGlooBackend(type(base)):
+        def __instancecheck__(cls, obj) -> bool:
+            return isinstance(obj, base)
+
+        def __subclasscheck__(cls, sub) -> bool:
+            return issubclass(sub, base)
+
+    class SerialProcessGroupGloo(base, metaclass=_AnyGlooBackend):
+        """torch's ProcessGroupGloo with one worker thread; same constructor signatures."""
+
+        _orchestrator_serial = True
+
+        def __init__(self, store, rank: int, size: int, *args, **kwargs) -> None:
+            if args and isinstance(args[0], base._Options):
+                options = args[0]
+            else:
+                options = _default_gloo_options(base, args[0] if args else kwargs.get("timeout"))
+            options._threads = 1
+            super().__init__(store, rank, size, options)
+
+    c10d.ProcessGroupGloo = SerialProcessGroupGloo
+    dist.ProcessGroupGloo = SerialProcessGroupGloo
+
+
+def _default_gloo_options(base, timeout):
+    """What torch's ProcessGroupGloo(store, rank, size, timeout) builds: a device per GLOO_SOCKET_IFNAME
+    interface (or the default device) and the timeout."""
+    options = base._Options()
+    interfaces = os.environ.get("GLOO_SOCKET_IFNAME", "")
+    if len(interfaces) > 1:
+        options._devices = [base.create_device(interface=name) for name in interfaces.split(",")]
+    else:
+        options._devices = [base.create_default_device()]
+    if timeout is not None:
+        options._timeout = timeout
+    return options
 
 
 # ----------------------------------------------------------------------------- CPU: megatron patches

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 STAMP=.venv/.setup-stamp
 want="$(cat scripts/setup.sh pyproject.toml scripts/constraints.txt | sha256sum | cut -c1-16)"
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && .venv/bin/python -c "import orchestrator, megatron.core, torch" 2>/dev/null; then
+# megatron.core imports triton unconditionally: import it the way the jobs do, after the backend's shims.
+CHECK='from orchestrator.workload import cpu_backend; cpu_backend.install(); import torch, megatron.core, megatron.training, submitit, pandas; print("setup: torch", torch.__version__, "| megatron-core", megatron.core.__version__, "| submitit", submitit.__version__)'
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && .venv/bin/python -c "$CHECK" >/dev/null 2>&1; then
   echo "setup: .venv is up to date"
   exit 0
 fi
@@ -18,5 +20,5 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c scri
 "${PIP[@]}" numpy "packaging>=24.2" psutil einops tqdm tensorboard pyyaml pyzmq msgpack tiktoken
 "${PIP[@]}" --no-deps --ignore-requires-python megatron-core==0.19.2
 "${PIP[@]}" -e ".[test,bench]"
-.venv/bin/python -c "import torch, megatron.core, submitit, pandas; print('setup: torch', torch.__version__, '| megatron-core', megatron.core.__version__, '| submitit', submitit.__version__)"
+.venv/bin/python -c "$CHECK"
 echo "$want" > "$STAMP"

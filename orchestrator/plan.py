@@ -303,7 +303,7 @@ def _case_run(case: Case, recipe: Recipe | None, partition_name: str, partition:
         run_dir=_run_dir(case, partition_name, repeat),
         shape=shape,
         golden_path=goldens.resolve_golden(case.path, sweep.environment, partition.platform),
-        unsupported=_unsupported_reason(case, partition, sweep),
+        unsupported=case.unsupported_reason(),
     )
     if case.test_type == "ckpt-resume" and case.train_iters:
         run.warnings.extend(_resume_warnings(case))
@@ -313,13 +313,6 @@ def _case_run(case: Case, recipe: Recipe | None, partition_name: str, partition:
         depends = [run.phase_key(phase - 1)] if phase > 1 else []
         run.phases.append(PhasePlan(phase=phase, phase_dir=phase_dir, task=task, depends_on=depends))
     return run
-
-
-def _unsupported_reason(case: Case, partition: PartitionConfig, sweep: SweepConfig) -> str | None:
-    reason = case.unsupported_reason()
-    if reason:
-        return reason
-    return None
 
 
 def _resume_warnings(case: Case) -> list[str]:

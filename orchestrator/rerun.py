@@ -16,7 +16,7 @@ from .errors import ConfigError
 from .fsutil import read_json
 from .plan import CaseRun, Plan, assign_arrays, load_plan
 
-RERUN_VERDICTS = ("FAIL", "NOT_RUN", "ERROR")
+RERUN_VERDICTS = ("FAIL", "NOT_RUN")  # the verdicts verdicts.py writes for a case run that did not pass
 
 
 def failed_keys(sweep_dir: Path) -> list[str]:

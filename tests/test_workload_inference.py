@@ -190,8 +190,9 @@ def _run_case(out_dir: Path) -> tuple[dict, dict]:
     code, wall = _run(cmd, _env(case_env), out_dir / "log.txt")
     log = (out_dir / "log.txt").read_text()
     assert code == 0, log[-3000:]
-    stats = [dict(kv.split("=") for kv in line.split()[1:])
-             for line in re.findall(r"^\[inference\] rank=.*$", log, re.M)]
+    # 8 ranks share one stdout: another rank's unterminated progress line may precede a stats line
+    stats = [dict(kv.split("=") for kv in line.split())
+             for line in re.findall(r"\[inference\] (rank=\S+(?: [\w-]+=\S+)*)", log)]
     assert len(stats) == 8, log[-3000:]
     assert "leftover after shutdown" not in log
     return json.loads(output.read_text()), {"wall_s": wall, "ranks": stats}

@@ -19,12 +19,18 @@ import submitit
 
 from . import slurm
 from .fsutil import read_json, write_json_atomic
-from .launch import run_task
 from .plan import ArrayPlan, PhasePlan, Plan
 from .render import JOB_SETUP, array_parameters, collector_parameters, submitit_folder
 
 SUBMISSION_FILE = "submission.json"
 JOB_STATES_FILE = "job_states.json"
+
+
+def run_phase(task_path: str) -> Any:
+    """A phase's body (every rank) — imports the launcher lazily so submitting stays light."""
+    from .launch import run_task
+
+    return run_task(task_path)
 
 
 def run_collector(sweep_dir: str) -> dict[str, Any]:
@@ -110,7 +116,7 @@ def submit_slurm(plan: Plan, *, write: bool = True) -> Submission:
         params = array_parameters(plan, array, _dependency(plan, array, submission))
         executor.update_parameters(**held(requeue_policy(params, plan.sweep.infra_retries)))
         tasks = [str(plan.sweep_dir / plan.phase(key).phase_dir / "task.json") for key in array.members]
-        jobs = executor.map_array(run_task, tasks)
+        jobs = executor.map_array(run_phase, tasks)
         submission.sbatch_calls += 1
         base_id = jobs[0].job_id.split("_")[0]
         slurm.release([base_id])
@@ -267,7 +273,7 @@ def _start_local(folder: Path, plan: Plan, key: str, phase: PhasePlan, ranks: in
     shape = plan.case_run(key.rsplit(":", 1)[0]).shape
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(tasks_per_node=ranks, nodes=1, timeout_min=shape.time_min)
-    job = executor.submit(run_task, str(plan.sweep_dir / phase.phase_dir / "task.json"))
+    job = executor.submit(run_phase, str(plan.sweep_dir / phase.phase_dir / "task.json"))
     return _Running(phase_key=key, phase=phase, job=job, ranks=ranks, started=time.monotonic())
 
 

@@ -88,7 +88,7 @@ def wait_queue_drained(prefix: str, env: dict[str, str], timeout_s: float = 120)
 class ToolRun:
     tool: str
     size: int
-    queued_s: float | None  # command start → end of the last sbatch (None: not all queued)
+    queued_s: float | None  # command start → every job queued and eligible (None: not all queued)
     jobs_queued: int
     sbatch: int
     sacct_wait: int
@@ -128,7 +128,10 @@ def run_ours(gen: GeneratedSweep, cluster_file: Path, size: int, rep: int, token
     data = read_json(timing) if timing.exists() else {}
     sbatches = _sbatch_calls(counter, start)
     expected = data.get("buckets_x_phases", 0) + 1 if data else None
-    queued_s = sbatches[-1].end - start if sbatches and len(sbatches) == expected else None
+    # Ours submits each array held and releases it right after (submitit writes the job's pickle only once
+    # sbatch returned its id), so "queued" ends after the last release, not at the last sbatch.
+    queued_at = max(sbatches[-1].end, data.get("t_submit_end", 0.0)) if sbatches else 0.0
+    queued_s = queued_at - start if sbatches and len(sbatches) == expected else None
     wait_start, wait_end = data.get("t_wait_start"), data.get("t_wait_end")
     finished = wait and proc.returncode in (0, 1) and (out / "summary.json").exists()
     run = ToolRun(

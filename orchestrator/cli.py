@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _load_sweep(args: argparse.Namespace):
     if args.cluster and not args.partitions and sweep.partitions is not None:
         # Another cluster: the sweep file's partition names may not exist there; take all of its partitions.
         source = sweep.source
-        sweep = sweep.model_copy(update={"partitions": None})
+        sweep = dataclasses.replace(sweep, partitions=None)
         sweep._source = source
     cluster = load_cluster(sweep.cluster)
     return sweep, cluster
@@ -80,19 +81,21 @@ def _print_plan_footer(plan) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .plan import write_plan_files
     from .sweep import execute, prepare, write_dry_run
 
     sweep, cluster = _load_sweep(args)
     plan = prepare(sweep, out_dir=args.out, explicit_cases=bool(args.cases), cluster=cluster)
-    write_dry_run(plan)
     if args.dry_run:
         from .plan import plan_table
 
+        write_dry_run(plan)
         print(plan_table(plan), end="")
         _print_plan_footer(plan)
         print(f"dry-run: nothing submitted; see {plan.sweep_dir}")
         return 0
     print(f"sweep {plan.sweep_id}: {len(plan.case_runs)} case run(s) on {cluster.name} ({cluster.executor})")
+    write_plan_files(plan)
     summary = execute(plan, wait=not args.no_wait, max_ranks=args.max_ranks, timeout_s=args.timeout)
     if summary is None:
         print(f"not waiting; follow with: orchestrator status {plan.sweep_dir} --watch")

@@ -1,4 +1,4 @@
-"""Cluster and sweep configuration (pydantic), plus the YAML loading every config file goes through.
+"""Cluster and sweep configuration (dataclasses checked by `schema`), plus the YAML loading every config file goes through.
 
 A cluster file describes where jobs run (executor, partitions and their Slurm settings). A sweep file
 describes what to run (which cases, on which partitions, in which environment) and points at a cluster
@@ -7,17 +7,19 @@ file. Both forbid unknown keys, so a typo is an error that names the key instead
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import ConfigError
+from .schema import SchemaError, build, dump, field_names, spec
 from .task import WORKLOADS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -203,63 +205,52 @@ def _check_time(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# pydantic models
+# The config dataclasses (validated by schema.build)
 # --------------------------------------------------------------------------------------------------
 
-_STRICT = ConfigDict(extra="forbid")
+
+def _mem_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-class PartitionConfig(BaseModel):
+def _exclude_text(value: Any) -> Any:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    return value
+
+
+def _sbatch_text(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        if isinstance(item, bool):
+            item = "" if item else None
+        if isinstance(item, int | float):
+            item = str(item)
+        if item is not None:
+            out[key] = item
+    return out
+
+
+@dataclass
+class PartitionConfig:
     """One partition of a cluster: what a node offers and how to ask Slurm for it."""
 
-    model_config = _STRICT
-
-    platform: str = Field(min_length=1)  # picks the golden file: golden_values_<env>_<platform>.json
-    ranks_per_node: int = Field(ge=1)  # GPUs, or CPU ranks, per node
-    gpus_per_node: int = Field(default=0, ge=0)
-    cpus_per_task: int = Field(default=1, ge=1)
-    nodes: int = Field(default=1, ge=1)  # the most nodes one job may use
+    platform: str = spec(min_length=1)  # picks the golden file: golden_values_<env>_<platform>.json
+    ranks_per_node: int = spec(ge=1)  # GPUs, or CPU ranks, per node
+    gpus_per_node: int = spec(0, ge=0)
+    cpus_per_task: int = spec(1, ge=1)
+    nodes: int = spec(1, ge=1)  # the most nodes one job may use
     slurm_partition: str | None = None  # Slurm's name when it differs from the key (e.g. "batch_h100")
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    time: str = "00:30:00"
-    mem: str | None = None
+    time: str = spec("00:30:00", before=_check_time)
+    mem: str | None = spec(None, before=_mem_text)
     executor: Literal["slurm", "local"] | None = None
-    exclude: str | None = None
-    extra_sbatch: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("time", mode="before")
-    @classmethod
-    def _valid_time(cls, value: Any) -> Any:
-        return _check_time(value)
-
-    @field_validator("mem", mode="before")
-    @classmethod
-    def _mem_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-    @field_validator("exclude", mode="before")
-    @classmethod
-    def _exclude_text(cls, value: Any) -> Any:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return ",".join(value)
-        return value
-
-    @field_validator("extra_sbatch", mode="before")
-    @classmethod
-    def _sbatch_text(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            return value
-        out = {}
-        for key, item in value.items():
-            if isinstance(item, bool):
-                item = "" if item else None
-            if isinstance(item, int | float):
-                item = str(item)
-            if item is not None:
-                out[key] = item
-        return out
+    exclude: str | None = spec(None, before=_exclude_text)
+    extra_sbatch: dict[str, str] = spec(default_factory=dict, before=_sbatch_text)
 
     @property
     def time_minutes(self) -> int:
@@ -270,18 +261,24 @@ def _default_local_ranks() -> int:
     return max(8, (os.cpu_count() or 1) * 4)
 
 
-class ClusterConfig(BaseModel):
+@dataclass
+class ClusterConfig:
     """Where jobs run: `slurm` (submitit) or `local` (embedded executor), and the partitions offered."""
 
-    model_config = _STRICT
+    name: str = spec(min_length=1)
+    executor: Literal["slurm", "local"] = spec()
+    partitions: dict[str, PartitionConfig] = spec(min_length=1)
+    max_array_size: int | None = spec(None, ge=1)  # None: ask `scontrol show config`
+    local_max_ranks: int = spec(default_factory=_default_local_ranks, ge=1)
 
-    name: str = Field(min_length=1)
-    executor: Literal["slurm", "local"]
-    partitions: dict[str, PartitionConfig] = Field(min_length=1)
-    max_array_size: int | None = Field(default=None, ge=1)  # None: ask `scontrol show config`
-    local_max_ranks: int = Field(default_factory=_default_local_ranks, ge=1)
+    _source: Path | None = field(default=None, init=False, repr=False, compare=False)
 
-    _source: Path | None = PrivateAttr(default=None)
+    @classmethod
+    def from_dict(cls, data: Any, path: str | Path = CLI_SOURCE) -> ClusterConfig:
+        return _validate(cls, data, path)
+
+    def to_dict(self, *, json: bool = False) -> dict[str, Any]:
+        return dump(self, json=json)
 
     @property
     def source(self) -> Path | None:
@@ -310,42 +307,42 @@ class ClusterConfig(BaseModel):
 _REPO_PATHS = ("results_dir", "artifacts_dir", "data_dir", "megatron_lm")
 
 
-class SweepConfig(BaseModel):
+def _non_empty_items(value: list[str] | None) -> list[str] | None:
+    if value is not None and any(not item.strip() for item in value):
+        raise ValueError("items must be non-empty strings")
+    return value
+
+
+@dataclass
+class SweepConfig:
     """What to run: case selection, partitions, environment and where results go."""
 
-    model_config = _STRICT
-
-    name: str = Field(default="sweep", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = spec("sweep", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     cluster: Path = DEFAULT_CLUSTER
-    cases: list[str] = Field(default_factory=lambda: ["*"])
-    tags: list[str] = Field(default_factory=list)
+    cases: list[str] = spec(default_factory=lambda: ["*"], after=_non_empty_items)
+    tags: list[str] = spec(default_factory=list, after=_non_empty_items)
     scope: str | None = None  # a recipe scope: only cases whose recipe lists it
-    partitions: list[str] | None = None  # None: every partition of the cluster
+    partitions: list[str] | None = spec(None, after=_non_empty_items)  # None: every partition of the cluster
     environment: Literal["dev", "lts"] = "dev"
-    repeats: int | None = Field(default=None, ge=1)  # overrides a case's N_REPEAT
-    case_roots: list[Path] = Field(default_factory=lambda: [Path("cases")])
+    repeats: int | None = spec(None, ge=1)  # overrides a case's N_REPEAT
+    case_roots: list[Path] = spec(default_factory=lambda: [Path("cases")])
     results_dir: Path = Path("results")
     artifacts_dir: Path = Path("artifacts")  # read-only store frozen-start loads from (CHECKPOINT_LOAD_PATH)
     data_dir: Path = Path("data")  # DATA_PATH
     allow_scripts: bool = False  # run a case's BEFORE_SCRIPT/AFTER_SCRIPT only when True
     megatron_lm: Path | None = None  # a Megatron-LM checkout to run instead of the embedded workload
     workload: Literal[WORKLOADS] | None = None  # type: ignore[valid-type]
-    infra_retries: int = Field(default=1, ge=0)
-    time: str | None = None  # overrides every partition's time limit
+    infra_retries: int = spec(1, ge=0)
+    time: str | None = spec(None, before=_check_time)  # overrides every partition's time limit
 
-    _source: Path | None = PrivateAttr(default=None)
+    _source: Path | None = field(default=None, init=False, repr=False, compare=False)
 
-    @field_validator("time", mode="before")
     @classmethod
-    def _valid_time(cls, value: Any) -> Any:
-        return _check_time(value)
+    def from_dict(cls, data: Any, path: str | Path = CLI_SOURCE) -> SweepConfig:
+        return _validate(cls, data, path)
 
-    @field_validator("cases", "tags", "partitions")
-    @classmethod
-    def _non_empty_items(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and any(not item.strip() for item in value):
-            raise ValueError("items must be non-empty strings")
-        return value
+    def to_dict(self, *, json: bool = False) -> dict[str, Any]:
+        return dump(self, json=json)
 
     @property
     def source(self) -> Path | None:
@@ -372,7 +369,7 @@ class SweepConfig(BaseModel):
                 update[key] = [_absolute(root, repo_root) for root in value]
             elif key in _REPO_PATHS and value is not None:
                 update[key] = _absolute(value, repo_root)
-        out = self.model_copy(update=update)
+        out = dataclasses.replace(self, **update)
         out._source = self._source
         return out
 
@@ -384,7 +381,7 @@ class SweepConfig(BaseModel):
         given = {key: value for key, value in overrides.items() if value is not None}
         if not given:
             return self
-        data = self.model_dump()
+        data = self.to_dict()
         data.update(given)
         out = _validate(SweepConfig, data, CLI_SOURCE)
         out._source = self._source
@@ -419,32 +416,28 @@ def _absolute(path: Path, base: Path) -> Path:
 # Validation errors -> one line
 # --------------------------------------------------------------------------------------------------
 
-_ALL_FIELDS = sorted({*PartitionConfig.model_fields, *ClusterConfig.model_fields, *SweepConfig.model_fields})
+_ALL_FIELDS = field_names(PartitionConfig, ClusterConfig, SweepConfig)
 
 
-def config_error(path: str | Path, exc: ValidationError) -> ConfigError:
-    """ONE-line ConfigError for a pydantic ValidationError: file, dotted key, message."""
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = [str(part) for part in first["loc"]]
-    key = ".".join(loc) or "<top>"
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(loc[-1] if loc else "", _ALL_FIELDS, n=1)
+def config_error(path: str | Path, exc: SchemaError) -> ConfigError:
+    """ONE-line ConfigError for a SchemaError: file, dotted key, message."""
+    first = exc.issues[0]
+    message = first.message
+    if first.kind == "extra":
+        close = difflib.get_close_matches(str(first.loc[-1]) if first.loc else "", _ALL_FIELDS, n=1)
         message = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
-    elif first["type"] == "missing":
-        message = "field required"
     message = message[:1].lower() + message[1:]
-    if len(errors) > 1:
-        message += f" (+{len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    more = len(exc.issues) - 1
+    if more:
+        message += f" (+{more} more error{'s' if more > 1 else ''})"
     shown = path if path == CLI_SOURCE else display_path(path)
-    return ConfigError(shown, key, " ".join(message.split()))
+    return ConfigError(shown, first.key, " ".join(message.split()))
 
 
-def _validate(model: type[BaseModel], data: dict[str, Any], path: str | Path) -> Any:
+def _validate(model: type, data: Any, path: str | Path) -> Any:
     try:
-        return model.model_validate(data)
-    except ValidationError as exc:
+        return build(model, data)
+    except SchemaError as exc:
         raise config_error(path, exc) from None
 
 

@@ -1,7 +1,7 @@
 """Golden files: naming per (environment, platform), Megatron's schema, and the extractor's rounding.
 
-Training goldens follow Megatron-LM's `GoldenValues` pydantic schema (`python_test_utils/common.py`):
-metric name → {start_step, end_step, step_interval, values: {step: value}}. Inference goldens are the JSON
+Training goldens follow Megatron-LM's `GoldenValues` pydantic schema (`python_test_utils/common.py`, kept
+in golden_schema.py): metric name → {start_step, end_step, step_interval, values: {step: value}}. Inference goldens are the JSON
 the inference script wrote: request id → {...}, plus a few system-level keys (throughput, ...).
 
 Selection is the recipes' template `golden_values_{environment}_{platform}.json` and nothing else: no
@@ -14,12 +14,13 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
-
-import pydantic
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .fsutil import write_text_atomic
+
+if TYPE_CHECKING:
+    from .golden_schema import GoldenValueMetric
 
 ROUND_DIGITS = 5  # read_tb_logs_as_list: round(value, 5)
 
@@ -51,15 +52,8 @@ class NonFiniteGoldenError(ValueError):
     """Values that a golden file cannot hold (Megatron dumps with allow_nan=False)."""
 
 
-class GoldenValueMetric(pydantic.BaseModel):
-    start_step: int
-    end_step: int
-    step_interval: int
-    values: dict[int, int | float | str]
-
-
-class GoldenValues(pydantic.RootModel[dict[str, GoldenValueMetric]]):
-    pass
+# The fields of Megatron's GoldenValueMetric (golden_schema.py), here without importing pydantic.
+GOLDEN_METRIC_KEYS = frozenset({"start_step", "end_step", "step_interval", "values"})
 
 
 # ------------------------------------------------------------------------------------------ naming
@@ -99,12 +93,15 @@ def is_inference_golden(data: Any) -> bool:
     """True for an inference output (request ids and system keys), False for a training golden or `{}`."""
     if not isinstance(data, Mapping) or not data:
         return False
-    metric_keys = set(GoldenValueMetric.model_fields)
-    return not all(isinstance(value, Mapping) and metric_keys & set(value) for value in data.values())
+    return not all(isinstance(value, Mapping) and GOLDEN_METRIC_KEYS & set(value) for value in data.values())
 
 
 def parse_training_golden(data: Mapping[str, Any], source: str | Path = "<golden>") -> dict[str, GoldenValueMetric]:
     """Validate a training golden (already parsed JSON, or already models) into metric → GoldenValueMetric."""
+    import pydantic
+
+    from .golden_schema import GoldenValues
+
     try:
         return GoldenValues.model_validate(dict(data)).root
     except pydantic.ValidationError as error:

@@ -552,33 +552,43 @@ def code_revision() -> str:
     """The project's git revision (with a `-dirty` suffix for uncommitted changes), or "unknown"."""
     import subprocess
 
-    try:
-        head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+    git = ["git", "-C", str(REPO_ROOT)]
+    try:  # both at once: this runs before the first sbatch
+        head = subprocess.Popen([*git, "rev-parse", "HEAD"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True)
+        status = subprocess.Popen([*git, "status", "--porcelain", "--untracked-files=no"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
+        revision = head.communicate(timeout=10)[0].strip()
+        dirty = status.communicate(timeout=10)[0].strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return f"{head}-dirty" if dirty else head
+    if head.returncode != 0 or not revision:
+        return "unknown"
+    return f"{revision}-dirty" if dirty else revision
 
 
 def write_plan_files(plan: Plan) -> None:
-    """plan.json, plan.txt, dag.json, dag.dot, sweep.json and one task.json per phase."""
+    """What the jobs and later commands read: plan.json, sweep.json and one task.json per phase."""
     root = plan.sweep_dir
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(root / "plan.json", plan.to_dict())
-    write_text_atomic(root / "plan.txt", plan_table(plan))
-    write_json_atomic(root / "dag.json", dag(plan))
-    write_text_atomic(root / "dag.dot", dag_dot(plan))
     write_json_atomic(root / "sweep.json", {
-        "sweep": plan.sweep.model_dump(mode="json"),
-        "cluster": plan.cluster.model_dump(mode="json"),
+        "sweep": plan.sweep.to_dict(json=True),
+        "cluster": plan.cluster.to_dict(json=True),
         "revision": code_revision(),
         "pid": os.getpid(),
     })
     for run in plan.case_runs:
         for phase in run.phases:
             phase.task.write()
+
+
+def write_plan_views(plan: Plan) -> None:
+    """What people read: plan.txt, dag.json and dag.dot."""
+    root = plan.sweep_dir
+    write_text_atomic(root / "plan.txt", plan_table(plan))
+    write_json_atomic(root / "dag.json", dag(plan))
+    write_text_atomic(root / "dag.dot", dag_dot(plan))
 
 
 # ----------------------------------------------------------------------------------------------- reload
@@ -592,8 +602,8 @@ def load_plan(sweep_dir: Path) -> Plan:
     sweep_dir = Path(sweep_dir).resolve()
     data = read_json(sweep_dir / "plan.json")
     saved = read_json(sweep_dir / "sweep.json")
-    sweep = SweepConfig.model_validate(saved["sweep"])
-    cluster = ClusterConfig.model_validate(saved["cluster"])
+    sweep = SweepConfig.from_dict(saved["sweep"], sweep_dir / "sweep.json")
+    cluster = ClusterConfig.from_dict(saved["cluster"], sweep_dir / "sweep.json")
     shapes = {member: Shape(**array["shape"]) for array in data["arrays"] for member in array["members"]}
     runs = []
     for item in data["case_runs"]:

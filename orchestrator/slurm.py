@@ -116,9 +116,9 @@ def squeue_count(user_filter: str | None = None) -> int:
 
 
 def release(job_ids: list[str]) -> None:
-    """Let held jobs (`--hold`) be scheduled."""
-    for job_id in job_ids:
-        _run(["scontrol", "release", job_id], timeout=30)
+    """Let held jobs (`--hold`) be scheduled: one scontrol call for all of them."""
+    if job_ids:
+        _run(["scontrol", "release", ",".join(job_ids)], timeout=30)
 
 
 def scancel(job_ids: list[str]) -> None:

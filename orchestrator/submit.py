@@ -109,6 +109,8 @@ def held(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def submit_slurm(plan: Plan, *, write: bool = True) -> Submission:
+    """One sbatch per array and one for the collector, all held, then one release for all of them: a driver that
+    dies mid-submission leaves nothing running half a sweep (`scancel` the held jobs in submission.json)."""
     submission = Submission(sweep_dir=plan.sweep_dir, submitted_at=dt.datetime.now().isoformat(timespec="seconds"))
     folder = submitit_folder(plan.sweep_dir)
     for array in plan.arrays:
@@ -118,9 +120,7 @@ def submit_slurm(plan: Plan, *, write: bool = True) -> Submission:
         tasks = [str(plan.sweep_dir / plan.phase(key).phase_dir / "task.json") for key in array.members]
         jobs = executor.map_array(run_phase, tasks)
         submission.sbatch_calls += 1
-        base_id = jobs[0].job_id.split("_")[0]
-        slurm.release([base_id])
-        submission.arrays[array.name] = base_id
+        submission.arrays[array.name] = jobs[0].job_id.split("_")[0]
         for key, job in zip(array.members, jobs, strict=False):
             submission.phase_jobs[key] = job.job_id
         if write:
@@ -130,10 +130,10 @@ def submit_slurm(plan: Plan, *, write: bool = True) -> Submission:
     executor.update_parameters(**held(collector_parameters(plan, deps)))
     job = executor.submit(run_collector, str(plan.sweep_dir))
     submission.sbatch_calls += 1
-    slurm.release([job.job_id])
     submission.collector = job.job_id
     if write:
         submission.write()
+    slurm.release([*submission.arrays.values(), job.job_id])
     return submission
 
 

@@ -12,7 +12,7 @@ from . import slurm
 from .cases import discover_cases, load_recipes_for_roots, select_cases
 from .config import ClusterConfig, SweepConfig, display_path
 from .errors import ConfigError, OrchestratorError
-from .plan import Plan, build_plan, new_sweep_id, write_plan_files
+from .plan import Plan, build_plan, new_sweep_id, write_plan_files, write_plan_views
 from .render import write_scripts
 
 
@@ -58,15 +58,24 @@ def check_cpu_flags(plan: Plan) -> None:
 
 def write_dry_run(plan: Plan) -> None:
     write_plan_files(plan)
+    write_views(plan)
+
+
+def write_views(plan: Plan) -> None:
+    """plan.txt, the DAG and every script: for people, not for the jobs (a real Slurm run writes them once
+    the jobs are queued)."""
+    write_plan_views(plan)
     write_scripts(plan)
 
 
 def execute(plan: Plan, *, wait: bool = True, max_ranks: int | None = None, timeout_s: float | None = None,
             out: Callable[[str], Any] = print) -> dict[str, Any] | None:
-    """Submit (slurm) or run (local) a written plan. Returns the summary when the sweep finished."""
+    """Submit (slurm) or run (local) a plan whose files are written (`write_plan_files`); writes the views too.
+    Returns the summary when the sweep finished."""
     from .submit import run_local, submit_slurm, wait_slurm
 
     if plan.cluster.executor == "local":
+        write_views(plan)
         progress = LocalProgress(plan, out)
         run_local(plan, max_ranks=max_ranks, progress=progress)
         progress.done()
@@ -75,6 +84,7 @@ def execute(plan: Plan, *, wait: bool = True, max_ranks: int | None = None, time
         raise OrchestratorError("sbatch/sacct not found: start a cluster with `orchestrator cluster up` "
                                 "or use a cluster file with executor: local")
     submission = submit_slurm(plan)
+    write_views(plan)
     out(f"submitted {len(submission.arrays)} array(s) + collector {submission.collector} "
         f"({submission.sbatch_calls} sbatch calls) → {plan.sweep_dir}")
     for name, job_id in submission.arrays.items():

@@ -271,9 +271,9 @@ def test_sweep_from_args(tmp_path: Path) -> None:
 
 
 def test_sweep_dump_is_json_ready() -> None:
-    data = load_sweep(REPO_ROOT / "sweeps" / "nightly.yaml").model_dump(mode="json")
+    data = load_sweep(REPO_ROOT / "sweeps" / "nightly.yaml").to_dict(json=True)
     assert data["cluster"].endswith("clusters/local-slurm.yaml") and data["scope"] == "nightly"
-    assert SweepConfig.model_validate(data).scope == "nightly"
-    assert isinstance(ClusterConfig.model_validate({"name": "x", "executor": "local",
+    assert SweepConfig.from_dict(data).scope == "nightly"
+    assert isinstance(ClusterConfig.from_dict({"name": "x", "executor": "local",
                                                     "partitions": {"cpu": {"platform": "cpu", "ranks_per_node": 1}}}),
                       ClusterConfig)  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 from orchestrator.cases import discover_cases, load_recipes_for_roots
 from orchestrator.config import REPO_ROOT, ClusterConfig, PartitionConfig, SweepConfig, load_cluster
 from orchestrator.errors import ConfigError
-from orchestrator.plan import build_plan, write_plan_files
+from orchestrator.plan import build_plan, write_plan_files, write_plan_views
 from orchestrator.render import write_scripts
 
 SHARED_CASES = REPO_ROOT.parent / "shared" / "anchors" / "megatron" / "test_cases"
@@ -122,6 +122,7 @@ def test_dry_run_writes_scripts_and_dag_and_submits_nothing(tmp_path):
     cases = discover_cases([SHARED_CASES])
     plan = _plan(tmp_path, cases, load_cluster(REPO_ROOT / "clusters" / "example-dgx.yaml"))
     write_plan_files(plan)
+    write_plan_views(plan)
     written = write_scripts(plan)
     sweep = tmp_path / "sweep"
     assert (sweep / "plan.json").exists() and (sweep / "dag.dot").exists() and (sweep / "plan.txt").exists()

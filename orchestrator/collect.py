@@ -2,18 +2,16 @@
 
 `read_tensorboard_scalars` gives exactly what Megatron-LM's `read_tb_logs_as_list` gives (EventAccumulator
 with everything kept, the same purge-on-restart rules, first event file or first-value-wins merge,
-round(v, 5), the 1..train_iters grid, the extractor's tags), but reads the TFRecord framing itself:
-CRCs are checked in bulk with numpy, the common one-scalar event is decoded in bulk, and only unusual
-records go through the protobuf parser. `collect_sweep` is idempotent: same inputs, byte-identical outputs.
+round(v, 5), the 1..train_iters grid, the extractor's tags), but reads the TFRecord framing itself: CRCs are
+checked and the common one-scalar event is decoded with numpy over every file of a sweep at once, values are
+rounded in bulk (exactly as round() does), and only unusual records go through the protobuf parser. `collect_sweep` is idempotent: same inputs, byte-identical outputs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,27 +92,28 @@ def _crc32c_one(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def _masked_crcs(buf: np.ndarray, data: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def _masked_crcs(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     crcs = np.zeros(len(starts), dtype=np.uint32)
     short = np.flatnonzero(lengths <= _VECTOR_CRC_MAX)
     for begin in range(0, len(short), _CRC_CHUNK):
         chunk = short[begin: begin + _CRC_CHUNK]
         crcs[chunk] = _crc32c_bulk(buf, starts[chunk], lengths[chunk])
     for i in np.flatnonzero(lengths > _VECTOR_CRC_MAX):
-        crcs[i] = _crc32c_one(data[starts[i]: starts[i] + lengths[i]])
+        crcs[i] = _crc32c_one(buf[starts[i]: starts[i] + lengths[i]].tobytes())
     return _mask(crcs)
 
 
 def _frame(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """(payload offsets, payload lengths) of the complete records; stops at a truncated tail."""
     offsets, lengths = [], []
+    unpack, add_offset, add_length = _U64.unpack_from, offsets.append, lengths.append
     pos, size = 0, len(data)
     while pos + 12 <= size:
-        (length,) = _U64.unpack_from(data, pos)
+        (length,) = unpack(data, pos)
         if pos + 16 + length > size:
             break
-        offsets.append(pos + 12)
-        lengths.append(length)
+        add_offset(pos + 12)
+        add_length(length)
         pos += 16 + length
     return np.array(offsets, dtype=np.int64), np.array(lengths, dtype=np.int64)
 
@@ -122,18 +121,6 @@ def _frame(data: bytes) -> tuple[np.ndarray, np.ndarray]:
 def _stored_crc(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
     raw = buf[at[:, None] + np.arange(4)[None, :]].astype(np.uint32)
     return raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16) | (raw[:, 3] << 24)
-
-
-def _valid_records(data: bytes, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Records up to (excluding) the first one whose header or payload CRC is wrong, like TF's reader."""
-    offsets, lengths = _frame(data)
-    if len(offsets) == 0:
-        return offsets, lengths
-    header_ok = _masked_crcs(buf, data, offsets - 12, np.full(len(offsets), 8)) == _stored_crc(buf, offsets - 4)
-    payload_ok = _masked_crcs(buf, data, offsets, lengths) == _stored_crc(buf, offsets + lengths)
-    bad = np.flatnonzero(~(header_ok & payload_ok))
-    keep = int(bad[0]) if len(bad) else len(offsets)
-    return offsets[:keep], lengths[:keep]
 
 
 # ----------------------------------------------------------------------------- event decoding
@@ -148,6 +135,10 @@ class _Simple:
     tag_start: np.ndarray
     tag_len: np.ndarray
     value: np.ndarray  # float64 (float32 widened, as protobuf does)
+
+    def part(self, lo: int, hi: int) -> _Simple:
+        return _Simple(self.ok[lo:hi], self.step[lo:hi], self.tag_start[lo:hi], self.tag_len[lo:hi],
+                       self.value[lo:hi])
 
 
 def _decode_simple(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> _Simple:
@@ -211,10 +202,11 @@ def _parse_event(record: bytes) -> _Event:
 
 @dataclass
 class FileScalars:
-    """Scalars of one event file as EventAccumulator keeps them: tag → [(step, value)] in order."""
+    """Scalars of one event file as EventAccumulator keeps them: tag → (steps, values) in record order, tags in
+    order of first appearance."""
 
     has_scalars: bool
-    series: dict[str, list[tuple[int, float]]]
+    series: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def _parse_file_version(text: str) -> float:
@@ -223,16 +215,88 @@ def _parse_file_version(text: str) -> float:
     return ParseFileVersion(text)
 
 
-def read_event_file(path: str | Path, tags: Iterable[str] = goldens.EXTRACTED_METRICS) -> FileScalars:
-    data = Path(path).read_bytes()
-    buf = np.concatenate([np.frombuffer(data, dtype=np.uint8), np.zeros(_PAD, dtype=np.uint8)])
-    offsets, lengths = _valid_records(data, buf)
-    simple = _decode_simple(buf, offsets, lengths)
-    others = {int(i): _parse_event(data[offsets[i]: offsets[i] + lengths[i]]) for i in np.flatnonzero(~simple.ok)}
+@dataclass
+class _EventBatch:
+    """Many event files in one buffer (each followed by _PAD zero bytes), so that the CRC checks and the decoding
+    of the common one-scalar event run once over every record of every file instead of once per file."""
+
+    buf: np.ndarray
+    offsets: np.ndarray  # payload offset in buf of every valid record, file after file
+    lengths: np.ndarray
+    bounds: np.ndarray  # file k's records are [bounds[k], bounds[k+1])
+    simple: _Simple
+
+
+def _load_batch(contents: list[bytes]) -> _EventBatch:
+    if not contents:
+        none = np.zeros(0, dtype=np.int64)
+        return _EventBatch(np.zeros(_PAD, dtype=np.uint8), none, none, np.zeros(1, dtype=np.int64),
+                           _decode_simple(np.zeros(_PAD, dtype=np.uint8), none, none))
+    sizes = np.array([len(data) + _PAD for data in contents], dtype=np.int64)
+    bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    buf = np.zeros(int(sizes.sum()) + _PAD, dtype=np.uint8)
+    framed = []
+    for base, data in zip(bases.tolist(), contents, strict=True):
+        buf[base: base + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        framed.append(_frame(data))
+    counts = np.array([len(offsets) for offsets, _ in framed], dtype=np.int64)
+    offsets = np.concatenate([o + base for (o, _), base in zip(framed, bases, strict=True)] or [np.zeros(0, np.int64)])
+    lengths = np.concatenate([lengths for _, lengths in framed] or [np.zeros(0, np.int64)])
+    offsets, lengths, counts = _valid_records(buf, offsets, lengths, counts)
+    bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return _EventBatch(buf, offsets, lengths, bounds, _decode_simple(buf, offsets, lengths))
+
+
+def _valid_records(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, counts: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per file, the records up to (excluding) the first one whose header or payload CRC is wrong, like TF's
+    reader."""
+    if len(offsets) == 0:
+        return offsets, lengths, counts
+    header_ok = _masked_crcs(buf, offsets - 12, np.full(len(offsets), 8)) == _stored_crc(buf, offsets - 4)
+    payload_ok = _masked_crcs(buf, offsets, lengths) == _stored_crc(buf, offsets + lengths)
+    file_of = np.repeat(np.arange(len(counts)), counts)
+    first_bad = np.full(len(counts), len(offsets), dtype=np.int64)
+    bad = np.flatnonzero(~(header_ok & payload_ok))
+    np.minimum.at(first_bad, file_of[bad], bad)
+    keep = np.arange(len(offsets)) < first_bad[file_of]
+    return offsets[keep], lengths[keep], np.bincount(file_of[keep], minlength=len(counts))
+
+
+def read_event_files(paths: Sequence[Path], tags: Iterable[str] = goldens.EXTRACTED_METRICS
+                     ) -> list[FileScalars | Exception]:
+    """The scalars of each event file, as EventAccumulator keeps them; a file that cannot be read or parsed
+    yields its exception instead."""
     wanted = tuple(dict.fromkeys(tags))
+    contents: list[bytes] = []
+    results: list[FileScalars | Exception | None] = []
+    for path in paths:
+        try:
+            contents.append(Path(path).read_bytes())
+            results.append(None)
+        except OSError as error:
+            results.append(error)
+    batch = _load_batch(contents)
+    hits = {tag: _simple_tag_hits(batch.buf, batch.simple, tag) for tag in wanted}
+    readable = [i for i, result in enumerate(results) if result is None]
+    for k, index in enumerate(readable):
+        try:
+            results[index] = _file_scalars(batch, k, hits, wanted)
+        except Exception as error:  # noqa: BLE001 - a corrupt event file fails its own case run only
+            results[index] = error
+    return results  # type: ignore[return-value]
+
+
+def _file_scalars(batch: _EventBatch, k: int, hits: Mapping[str, np.ndarray], wanted: tuple[str, ...]
+                  ) -> FileScalars:
+    lo, hi = int(batch.bounds[k]), int(batch.bounds[k + 1])
+    simple = batch.simple.part(lo, hi)
+    others = {int(i): _parse_event(batch.buf[batch.offsets[lo + i]: batch.offsets[lo + i] + batch.lengths[lo + i]]
+                                   .tobytes()) for i in np.flatnonzero(~simple.ok)}
     if _purge_possible(simple, others):
-        return _replay(data, simple, others, wanted)
-    return _accumulate(buf, simple, others, wanted)
+        return _replay(batch.buf, simple, others, wanted)
+    own_hits = {tag: found[np.searchsorted(found, lo): np.searchsorted(found, hi)] - lo for tag, found in hits.items()}
+    return _accumulate(simple, others, wanted, own_hits)
 
 
 def _purge_possible(simple: _Simple, others: dict[int, _Event]) -> bool:
@@ -261,25 +325,33 @@ def _simple_tag_hits(buf: np.ndarray, simple: _Simple, tag: str) -> np.ndarray:
     return hits
 
 
-def _accumulate(buf: np.ndarray, simple: _Simple, others: dict[int, _Event], wanted: tuple[str, ...]) -> FileScalars:
+def _accumulate(simple: _Simple, others: dict[int, _Event], wanted: tuple[str, ...],
+                hits: Mapping[str, np.ndarray]) -> FileScalars:
     """No purge can happen: every simple value of a wanted tag, in record order."""
-    has_scalars = bool(simple.ok.any()) or any(v[1] for e in others.values() for v in e.values)
-    found: list[tuple[int, str, list[tuple[int, float]]]] = []
+    with_values = {i: event for i, event in others.items() if event.values}
+    has_scalars = bool(simple.ok.any()) or any(v[1] for e in with_values.values() for v in e.values)
+    found: list[tuple[int, str, tuple[np.ndarray, np.ndarray]]] = []
     for tag in wanted:
-        hits = _simple_tag_hits(buf, simple, tag)
-        keyed = list(zip(hits.tolist(), [0] * len(hits), simple.step[hits].tolist(), simple.value[hits].tolist(),
-                         strict=True))
-        for i, event in others.items():
-            keyed += [(i, j, event.step, v) for j, (t, is_simple, v) in enumerate(event.values)
-                      if is_simple and t == tag]
-        if keyed:
-            keyed.sort(key=lambda item: (item[0], item[1]))
-            found.append((keyed[0][0], tag, [(step, value) for _, _, step, value in keyed]))
+        rows = hits[tag]
+        extra = [(i, j, event.step, v) for i, event in with_values.items()
+                 for j, (t, is_simple, v) in enumerate(event.values) if is_simple and t == tag]
+        if extra:  # rare: several values in one event, or events of another shape; merge in record order
+            keyed = sorted([(i, 0, s, v) for i, s, v in zip(rows.tolist(), simple.step[rows].tolist(),
+                                                              simple.value[rows].tolist(), strict=True)] + extra,
+                           key=lambda item: (item[0], item[1]))
+            first = keyed[0][0]
+            series = (np.array([s for _, _, s, _ in keyed], dtype=np.int64),
+                      np.array([v for _, _, _, v in keyed], dtype=np.float64))
+        elif len(rows):
+            first, series = int(rows[0]), (simple.step[rows], simple.value[rows])
+        else:
+            continue
+        found.append((first, tag, series))
     found.sort(key=lambda item: item[0])  # EventAccumulator lists tags in order of first appearance
-    return FileScalars(has_scalars, {tag: items for _, tag, items in found})
+    return FileScalars(has_scalars, {tag: series for _, tag, series in found})
 
 
-def _replay(data: bytes, simple: _Simple, others: dict[int, _Event], wanted: tuple[str, ...]) -> FileScalars:
+def _replay(buf: np.ndarray, simple: _Simple, others: dict[int, _Event], wanted: tuple[str, ...]) -> FileScalars:
     """EventAccumulator._ProcessEvent's scalar bookkeeping, event by event (files with restarts)."""
     series: dict[str, list[tuple[int, float]]] = {}
     has_scalars = False
@@ -287,7 +359,7 @@ def _replay(data: bytes, simple: _Simple, others: dict[int, _Event], wanted: tup
     most_recent = -1
     wanted_set = set(wanted)
     for i in range(len(simple.ok)):
-        event = others.get(i) or _simple_event(data, simple, i)
+        event = others.get(i) or _simple_event(buf, simple, i)
         if event.what == "file_version":
             file_version = _parse_file_version(event.file_version)
         if file_version and file_version >= 2:
@@ -301,12 +373,14 @@ def _replay(data: bytes, simple: _Simple, others: dict[int, _Event], wanted: tup
             has_scalars |= is_simple
             if is_simple and tag in wanted_set:
                 series.setdefault(tag, []).append((event.step, value))
-    return FileScalars(has_scalars, series)
+    return FileScalars(has_scalars, {tag: (np.array([s for s, _ in items], dtype=np.int64),
+                                           np.array([v for _, v in items], dtype=np.float64))
+                                     for tag, items in series.items()})
 
 
-def _simple_event(data: bytes, simple: _Simple, i: int) -> _Event:
+def _simple_event(buf: np.ndarray, simple: _Simple, i: int) -> _Event:
     start, length = int(simple.tag_start[i]), int(simple.tag_len[i])
-    tag = data[start: start + length].decode("utf-8", errors="replace")
+    tag = buf[start: start + length].tobytes().decode("utf-8", errors="replace")
     return _Event(step=int(simple.step[i]), what="summary", values=[(tag, True, float(simple.value[i]))])
 
 
@@ -326,30 +400,69 @@ def event_files(tb_dir: str | Path) -> list[Path]:
     return sorted(files, key=lambda path: (path.stat().st_mtime, path.name, str(path)))
 
 
-def read_tensorboard_scalars(
-    tb_dir: str | Path,
-    *,
-    train_iters: int | None = None,
-    merge_files: bool = False,
-    step_size: int = 1,
-    tags: Sequence[str] = goldens.EXTRACTED_METRICS,
-) -> dict[str, dict[int, float]]:
-    """metric → {step: round(value, 5)}, as Megatron's read_tb_logs_as_list + extractor produce them.
+def round_values(values: np.ndarray, digits: int = goldens.ROUND_DIGITS) -> np.ndarray:
+    """Python's round(v, digits) for every value, vectorized.
 
-    Files without scalars are dropped; then the first file is used (normal tests) or, with `merge_files`
-    (convergence/`release` tests), all files merge with the first value seen for a step winning.
+    rint(v·10^d)/10^d equals round(v, d) except where v·10^d is within rounding error of a half (the product was
+    rounded before rint saw it) or too large for the product to keep its fraction: those few go through round().
     """
-    per_file = [scalars for scalars in (read_event_file(path, tags) for path in event_files(tb_dir))
-                if scalars.has_scalars]
-    chosen = per_file if merge_files else per_file[:1]
+    scale = 10.0 ** digits
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = values * scale
+        out = np.rint(scaled) / scale
+        near_half = np.abs(np.abs(scaled - np.floor(scaled)) - 0.5) <= np.abs(scaled) * 2.0**-50 + 2.0**-60
+        unsure = near_half | ~(np.abs(scaled) < 2.0**51)
+    for i in np.flatnonzero(unsure):
+        out[i] = round(float(values[i]), digits)
+    return out
+
+
+def _last_value_per_step(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct steps, each with the last value logged for it (a dict built in record order)."""
+    unique, first_in_reversed = np.unique(steps[::-1], return_index=True)
+    return unique, values[::-1][first_in_reversed]
+
+
+def _on_grid(steps: np.ndarray, train_iters: int | None, step_size: int) -> np.ndarray:
+    """goldens.on_sampling_grid with start_idx 1, for an array of steps."""
+    mask = steps >= 1
+    if train_iters is not None:
+        mask &= steps <= train_iters
+    return mask & ((steps == 1) | (steps % step_size == 0))
+
+
+def _select(per_file: list[FileScalars], train_iters: int | None, merge_files: bool, step_size: int,
+            tags: Sequence[str]) -> dict[str, dict[int, float]]:
+    """Files without scalars are dropped; then the first file is used (normal tests) or, with `merge_files`
+    (convergence/`release` tests and requeued phases), all files merge with the first value seen for a step
+    winning."""
+    chosen = [scalars for scalars in per_file if scalars.has_scalars]
+    if merge_files:
+        return _merged(chosen, train_iters, step_size, tags)
+    result: dict[str, dict[int, float]] = {}
+    for tag, (steps, values) in (chosen[0].series.items() if chosen else ()):
+        if tag not in tags:
+            continue
+        steps, values = _last_value_per_step(steps, values)
+        mask = _on_grid(steps, train_iters, step_size)
+        if mask.any():
+            result[tag] = dict(zip(steps[mask].tolist(), round_values(values[mask]).tolist(), strict=True))
+    return result
+
+
+def _merged(chosen: list[FileScalars], train_iters: int | None, step_size: int, tags: Sequence[str]
+            ) -> dict[str, dict[int, float]]:
     summaries: dict[str, dict[int, float]] = {}
     for scalars in chosen:
-        for tag, items in scalars.series.items():
+        for tag, (steps, values) in scalars.series.items():
+            if tag not in tags:
+                continue
+            rounded = round_values(values).tolist()
             if tag in summaries:
-                for step, value in items:
-                    summaries[tag].setdefault(step, round(value, goldens.ROUND_DIGITS))
+                for step, value in zip(steps.tolist(), rounded, strict=True):
+                    summaries[tag].setdefault(step, value)
             else:
-                summaries[tag] = {step: round(value, goldens.ROUND_DIGITS) for step, value in items}
+                summaries[tag] = dict(zip(steps.tolist(), rounded, strict=True))
     result = {}
     for tag, values in summaries.items():
         sampled = {step: values[step] for step in sorted(values)
@@ -364,24 +477,45 @@ class TensorBoardRequest:
     tb_dir: Path
     train_iters: int | None = None
     merge_files: bool = False
+    step_size: int = 1
+    tags: tuple[str, ...] = goldens.EXTRACTED_METRICS
 
 
-def read_tensorboard_many(requests: Sequence[TensorBoardRequest], workers: int | None = None
-                          ) -> list[dict[str, dict[int, float]] | Exception]:
-    """Read many run dirs concurrently; a failing dir yields its exception instead of stopping the rest."""
+def read_tensorboard_many(requests: Sequence[TensorBoardRequest]) -> list[dict[str, dict[int, float]] | Exception]:
+    """metric → {step: round(value, 5)} per run dir, as Megatron's read_tb_logs_as_list + extractor produce them.
 
-    def one(request: TensorBoardRequest) -> dict[str, dict[int, float]] | Exception:
-        try:
-            return read_tensorboard_scalars(request.tb_dir, train_iters=request.train_iters,
-                                            merge_files=request.merge_files)
-        except Exception as error:  # noqa: BLE001 - a corrupt event file fails its own case run only
-            return error
+    Every event file of every request is read in one batch; a dir whose files cannot be read or parsed yields
+    its exception instead of stopping the rest.
+    """
+    files = [event_files(request.tb_dir) for request in requests]
+    wanted = tuple(dict.fromkeys(tag for request in requests for tag in request.tags))
+    scalars = iter(read_event_files([path for paths in files for path in paths], wanted))
+    results: list[dict[str, dict[int, float]] | Exception] = []
+    for request, paths in zip(requests, files, strict=True):
+        per_file = [next(scalars) for _ in paths]
+        error = next((item for item in per_file if isinstance(item, Exception)), None)
+        if error is not None:
+            results.append(error)
+            continue
+        results.append(_select(per_file, request.train_iters, request.merge_files, request.step_size,  # type: ignore[arg-type]
+                               request.tags))
+    return results
 
-    workers = workers or min(8, (os.cpu_count() or 1) + 2)
-    if len(requests) <= 1 or workers <= 1:
-        return [one(request) for request in requests]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, requests))
+
+def read_tensorboard_scalars(
+    tb_dir: str | Path,
+    *,
+    train_iters: int | None = None,
+    merge_files: bool = False,
+    step_size: int = 1,
+    tags: Sequence[str] = goldens.EXTRACTED_METRICS,
+) -> dict[str, dict[int, float]]:
+    """One run dir's scalars (see read_tensorboard_many); raises what reading its event files raised."""
+    request = TensorBoardRequest(Path(tb_dir), train_iters, merge_files, step_size, tuple(tags))
+    (result,) = read_tensorboard_many([request])
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 # ----------------------------------------------------------------------------- sweep collection

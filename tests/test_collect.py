@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import time
@@ -171,8 +172,7 @@ def test_read_many_reports_errors_per_directory(tmp_path):
     write_raw_events(good / "events.out.tfevents.1.host", loss_events(range(1, 4)))
     write_raw_events(bad / "events.out.tfevents.1.host", [])
     (bad / "events.out.tfevents.1.host").write_bytes(framed(b"\x2a\x05garbage"))
-    results = collect.read_tensorboard_many([collect.TensorBoardRequest(good, 100), collect.TensorBoardRequest(bad)],
-                                            workers=2)
+    results = collect.read_tensorboard_many([collect.TensorBoardRequest(good, 100), collect.TensorBoardRequest(bad)])
     assert list(results[0]["lm loss"]) == [1, 2, 3]
     assert isinstance(results[1], Exception)
 
@@ -445,3 +445,17 @@ def test_golden_stale_hook(tmp_path, golden_fingerprint, verdict):
     (phase_dir / "manifest.json").write_text(json.dumps({"fingerprint": "new-stack"}))
     row = collect.collect_sweep(tmp_path).verdicts[0]
     assert (row["verdict"], row["failure_class"], row["fingerprint"]) == (verdict, "NUMERIC", "new-stack")
+
+
+def test_bulk_rounding_is_pythons_round_exactly():
+    rng = np.random.default_rng(7)
+    ties = np.array([k / 10**5 + 0.5e-5 for k in range(-2000, 2000)])  # decimal halves: the hard cases
+    values = np.concatenate([
+        rng.normal(0, 10, 20000), rng.uniform(-1e-4, 1e-4, 5000), ties,
+        rng.normal(0, 1, 5000).astype(np.float32).astype(np.float64),  # what simple_value holds
+        rng.uniform(1e9, 1e13, 2000), np.array([2.0**52, -(2.0**60), 1e300, 0.0, -0.0, np.inf, -np.inf, np.nan]),
+    ])
+    ours = collect.round_values(values)
+    expected = [round(float(v), 5) for v in values]
+    same = [(a == b) or (math.isnan(a) and math.isnan(b)) for a, b in zip(ours.tolist(), expected, strict=True)]
+    assert all(same), [(v, a, b) for v, a, b, ok in zip(values, ours, expected, same, strict=True) if not ok][:5]

@@ -1,7 +1,7 @@
 """The launch contract: what the orchestrator hands to every task of a job.
 
 A `TaskSpec` is written as `task.json` into the phase directory by the planner. The function that
-submitit runs in every task (`orchestrator.submit.run_phase` → `orchestrator.launch.run_task`) and `python -m orchestrator.launch TASK_JSON`
+submitit runs in every task (`orchestrator.entry.run_phase` → `orchestrator.launch.run_task`) and `python -m orchestrator.launch TASK_JSON`
 under a plain `srun` read it back. Nothing else crosses from the orchestration into the workload.
 """
 

@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .golden_schema import GoldenValueMetric
-from .goldens import INFERENCE_SYSTEM_KEYS, parse_training_golden
+from .goldens import INFERENCE_SYSTEM_KEYS, GoldenValueMetric, parse_training_golden
 
 DEFAULT_TRAINING_METRICS = ("lm loss", "num-zeros")
 APPROXIMATE_DEFAULT_RTOL = 1e-5  # common.ApproximateTest's default; no entry of CHECK_THRESHOLDS uses it

@@ -1,7 +1,7 @@
 """Golden files: naming per (environment, platform), Megatron's schema, and the extractor's rounding.
 
-Training goldens follow Megatron-LM's `GoldenValues` pydantic schema (`python_test_utils/common.py`, kept
-in golden_schema.py): metric name → {start_step, end_step, step_interval, values: {step: value}}. Inference goldens are the JSON
+Training goldens follow Megatron-LM's `GoldenValues` pydantic schema (`python_test_utils/common.py`), checked
+here with the same coercions (tests/test_goldens.py holds Megatron's model and compares): metric name → {start_step, end_step, step_interval, values: {step: value}}. Inference goldens are the JSON
 the inference script wrote: request id → {...}, plus a few system-level keys (throughput, ...).
 
 Selection is the recipes' template `golden_values_{environment}_{platform}.json` and nothing else: no
@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import ConfigError
 from .fsutil import write_text_atomic
-
-if TYPE_CHECKING:
-    from .golden_schema import GoldenValueMetric
 
 ROUND_DIGITS = 5  # read_tb_logs_as_list: round(value, 5)
 
@@ -52,7 +51,18 @@ class NonFiniteGoldenError(ValueError):
     """Values that a golden file cannot hold (Megatron dumps with allow_nan=False)."""
 
 
-# The fields of Megatron's GoldenValueMetric (golden_schema.py), here without importing pydantic.
+@dataclass(frozen=True)
+class GoldenValueMetric:
+    """One metric of a training golden, as Megatron's pydantic `GoldenValueMetric` holds it."""
+
+    start_step: int
+    end_step: int
+    step_interval: int
+    values: dict[int, int | float | str]
+
+
+# What pydantic's lax int takes from a string: ASCII digits (underscores allowed), a zero fraction at most.
+_INT_TEXT = re.compile(r"^([+-]?[0-9](?:_?[0-9])*)(?:\.0+)?$")
 GOLDEN_METRIC_KEYS = frozenset({"start_step", "end_step", "step_interval", "values"})
 
 
@@ -97,17 +107,58 @@ def is_inference_golden(data: Any) -> bool:
 
 
 def parse_training_golden(data: Mapping[str, Any], source: str | Path = "<golden>") -> dict[str, GoldenValueMetric]:
-    """Validate a training golden (already parsed JSON, or already models) into metric → GoldenValueMetric."""
-    import pydantic
+    """Validate a training golden (already parsed JSON, or already parsed metrics) into metric → GoldenValueMetric,
+    coercing like pydantic's lax mode does for Megatron's model (step keys "1" → 1, 2.0 → 2; extra keys ignored)."""
+    parsed = {}
+    for metric, entry in dict(data).items():
+        if isinstance(entry, GoldenValueMetric):
+            parsed[metric] = entry
+        elif not isinstance(entry, Mapping):
+            raise _schema_error(source, (metric,), "Input should be a valid dictionary")
+        else:
+            parsed[metric] = _golden_metric(entry, metric, source)
+    return parsed
 
-    from .golden_schema import GoldenValues
 
-    try:
-        return GoldenValues.model_validate(dict(data)).root
-    except pydantic.ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "<root>"
-        raise ConfigError(source, where, f"not in Megatron's golden schema: {first['msg']}") from error
+def _golden_metric(entry: Mapping[str, Any], metric: str, source: str | Path) -> GoldenValueMetric:
+    steps = {}
+    for key in ("start_step", "end_step", "step_interval"):
+        if key not in entry:
+            raise _schema_error(source, (metric, key), "Field required")
+        steps[key] = _lax_int(entry[key], source, (metric, key))
+    if "values" not in entry:
+        raise _schema_error(source, (metric, "values"), "Field required")
+    if not isinstance(entry["values"], Mapping):
+        raise _schema_error(source, (metric, "values"), "Input should be a valid dictionary")
+    values = {}
+    for step, value in entry["values"].items():
+        where = (metric, "values", str(step))
+        values[_lax_int(step, source, (*where, "[key]"))] = _golden_value(value, source, where)
+    return GoldenValueMetric(values=values, **steps)
+
+
+def _lax_int(value: Any, source: str | Path, where: tuple[str, ...]) -> int:
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        match = _INT_TEXT.match(value.strip())
+        if match:
+            return int(match.group(1))
+    raise _schema_error(source, where, "Input should be a valid integer")
+
+
+def _golden_value(value: Any, source: str | Path, where: tuple[str, ...]) -> int | float | str:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float | str):
+        return value
+    raise _schema_error(source, where, "Input should be a valid integer, a valid number or a valid string")
+
+
+def _schema_error(source: str | Path, where: tuple[str, ...], message: str) -> ConfigError:
+    return ConfigError(source, ".".join(where) or "<root>", f"not in Megatron's golden schema: {message}")
 
 
 def load_training_golden(path: str | Path) -> dict[str, GoldenValueMetric]:

@@ -1,4 +1,4 @@
-"""`orchestrator report RUN_DIR`: one self-contained `report.html` (plots inlined as base64 PNG) and a
+"""`orchestrator report RUN_DIR`: one self-contained `report.html` (plots inlined as SVG) and a
 short `report.md` for CI comments. `summary.md` belongs to the collector and is never touched here.
 
 Page: header (sweep, date, revision, stack fingerprints, counts), diff against the previous comparable
@@ -12,9 +12,7 @@ runs plus a sample of passing ones and say so.
 from __future__ import annotations
 
 import argparse
-import base64
 import html
-import io
 import math
 import sys
 from collections.abc import Mapping
@@ -42,6 +40,7 @@ from .history import (
     sweep_revision,
 )
 from .staleness import as_bool, read_run_fingerprint
+from .svgplot import PALETTE, Axes, Band, Figure, HLine, HSpan, Line, VLine, share_x
 
 MAX_PLOTTED_RUNS = 40
 PASSING_SAMPLE = 8
@@ -60,6 +59,8 @@ CLASS_COLORS = {
 }
 PLOT_COLORS = {"golden": "#212121", "band": "#90caf9", "phase1": "#1e88e5", "phase2": "#fb8c00",
                "repeat": "#9e9e9e"}
+CELL_WIDTH, CELL_HEIGHT = 370, 270  # pixels per partition in a plot
+PLOT_LEFT, PLOT_WIDTH = 52, 308  # panel inside its cell: room for tick labels on the left
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -193,74 +194,53 @@ def plotted_metrics(views: list[RunView]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- plots
 
 
-def _figure(ncols: int, nrows: int):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    # Fixed margins: constrained layout costs more than drawing the plot.
-    fig = Figure(figsize=(min(4.6 * ncols, 15), 3.3 * nrows), dpi=80)
-    grid = fig.add_gridspec(2 * nrows, ncols, height_ratios=[3, 1] * nrows, left=0.08, right=0.98,
-                            top=1 - 0.13 / nrows, bottom=0.1 / nrows, hspace=0.12 + 0.25 * (nrows > 1),
-                            wspace=0.22)
-    return fig, grid
-
-
-def _png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", facecolor="white")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 def _cells(count: int) -> tuple[int, int]:
     ncols = min(count, 3)
     return ncols, math.ceil(count / ncols)
 
 
-def plot_training_metric(views: list[RunView], metric: str) -> str:
-    """One PNG (base64) for one metric of one case: a column per partition, repeats as thin lines."""
+def plot_training_metric(views: list[RunView], metric: str) -> Figure:
+    """One figure for one metric of one case: a column per partition, repeats as thin lines."""
     by_partition: dict[str, list[RunView]] = {}
     for view in sorted(views, key=lambda v: int(v.run["repeat"])):
         by_partition.setdefault(view.run["partition"], []).append(view)
     ncols, nrows = _cells(len(by_partition))
-    fig, grid = _figure(ncols, nrows)
+    fig = Figure(CELL_WIDTH * ncols, CELL_HEIGHT * nrows)
     for index, (partition, group) in enumerate(sorted(by_partition.items())):
         row, col = divmod(index, ncols)
-        top = fig.add_subplot(grid[2 * row, col])
-        strip = fig.add_subplot(grid[2 * row + 1, col], sharex=top)
-        _draw_metric_cell(top, strip, group, metric, partition)
-    return _png(fig)
+        left, top = col * CELL_WIDTH + PLOT_LEFT, row * CELL_HEIGHT
+        main = fig.add(Axes(left, top + 34, PLOT_WIDTH, 146, x_ticklabels=False, legend=True))
+        strip = fig.add(Axes(left, top + 190, PLOT_WIDTH, 50, xlabel="step", ylabel="Δ%"))
+        _draw_metric_cell(main, strip, group, metric, partition)
+    return fig
 
 
-def _draw_metric_cell(top, strip, group: list[RunView], metric: str, partition: str) -> None:
+def _draw_metric_cell(top: Axes, strip: Axes, group: list[RunView], metric: str, partition: str) -> None:
     main = group[0]
     rtol = metric_rtol(main, metric)
     golden = golden_series(main.golden, metric).dropna()
     is_time = metric == "iteration-time"
     _draw_golden(top, golden, rtol, is_time)
     phase1 = actual_series(main.metrics, metric, 1)
-    top.plot(phase1.index, phase1.to_numpy(), color=PLOT_COLORS["phase1"], lw=1.4, label="actual (run 1)")
+    top.add(_line(phase1, PLOT_COLORS["phase1"], 1.4, "actual (run 1)", "actual"))
     phase2 = _resume_phase(main, metric)
     if len(phase2):
         resume_at = phase2.index.min() - 1
-        top.plot(phase2.index, phase2.to_numpy(), color=PLOT_COLORS["phase2"], lw=1.2, ls="--",
-                 label=f"run 2 (from {resume_at + 1})")
+        top.add(_line(phase2, PLOT_COLORS["phase2"], 1.2, f"run 2 (from {resume_at + 1})", "phase2", "5 3"))
         for ax in (top, strip):
-            ax.axvline(resume_at, color=PLOT_COLORS["phase2"], lw=0.8, ls=":")
+            ax.add(VLine(float(resume_at), PLOT_COLORS["phase2"], 0.8, "1.5 2"))
     for extra in group[1:]:
         series = actual_series(extra.metrics, metric, 1)
-        top.plot(series.index, series.to_numpy(), color=PLOT_COLORS["repeat"], lw=0.7,
-                 label=f"repeat {extra.run['repeat']}")
+        top.add(_line(series, PLOT_COLORS["repeat"], 0.7, f"repeat {extra.run['repeat']}", "repeat"))
     _draw_delta_strip(strip, golden, phase1, phase2, rtol, is_time)
+    share_x(top, strip)
     label, state = metric_status(main, metric)
-    bg, fg = VERDICT_COLORS.get(state, ("#ffffff", "#000000"))
-    top.set_title(f"{partition} ({main.run.get('platform', '')}): {metric}\n{label}", fontsize=8,
-                  color=fg, backgroundcolor=bg, linespacing=1.3)
-    top.tick_params(labelsize=7, labelbottom=False)
-    strip.tick_params(labelsize=7)
-    strip.set_xlabel("step", fontsize=7)
-    top.legend(fontsize=6, loc="upper right")
+    top.title = (f"{partition} ({main.run.get('platform', '')}): {metric}", label)
+    top.title_colors = VERDICT_COLORS.get(state, ("#ffffff", "#000000"))
+
+
+def _line(series: pd.Series, color: str, width: float, label: str = "", kind: str = "series", dash: str = "") -> Line:
+    return Line(series.index.tolist(), series.tolist(), color, width, dash, label, kind)
 
 
 def metric_status(view: RunView, metric: str) -> tuple[str, str]:
@@ -281,19 +261,18 @@ def metric_status(view: RunView, metric: str) -> tuple[str, str]:
     return label, "GOLDEN_STALE" if exact_only else "FAIL"
 
 
-def _draw_golden(ax, golden: pd.Series, rtol: float, is_time: bool) -> None:
+def _draw_golden(ax: Axes, golden: pd.Series, rtol: float, is_time: bool) -> None:
     if golden.empty:
-        ax.text(0.5, 0.5, "no golden", transform=ax.transAxes, ha="center", color="#9e9e9e")
+        ax.note = "no golden"
         return
     if is_time:
         center = float(golden.median())
-        ax.axhspan(center * (1 - rtol), center * (1 + rtol), color=PLOT_COLORS["band"], alpha=0.45,
-                   label=f"golden median ±{rtol:g}")
+        ax.add(HSpan(center * (1 - rtol), center * (1 + rtol), PLOT_COLORS["band"], 0.45,
+                     f"golden median ±{rtol:g}", "band golden"))
     else:
-        lo, hi = golden * (1 - rtol), golden * (1 + rtol)
-        ax.fill_between(golden.index, lo.combine(hi, min), lo.combine(hi, max), color=PLOT_COLORS["band"],
-                        alpha=0.45, lw=0, label=f"golden ±{rtol:g}")
-    ax.plot(golden.index, golden.to_numpy(), color=PLOT_COLORS["golden"], lw=1.0, label="golden")
+        ax.add(Band(golden.index.tolist(), (golden * (1 - rtol)).tolist(), (golden * (1 + rtol)).tolist(),
+                    PLOT_COLORS["band"], 0.45, f"golden ±{rtol:g}", "band golden"))
+    ax.add(_line(golden, PLOT_COLORS["golden"], 1.0, "golden", "golden"))
 
 
 def _resume_phase(view: RunView, metric: str) -> pd.Series:
@@ -314,18 +293,17 @@ def _delta_percent(actual: pd.Series, reference: pd.Series | float) -> pd.Series
     return delta.replace([math.inf, -math.inf], math.nan).dropna()
 
 
-def _draw_delta_strip(ax, golden: pd.Series, phase1: pd.Series, phase2: pd.Series, rtol: float,
+def _draw_delta_strip(ax: Axes, golden: pd.Series, phase1: pd.Series, phase2: pd.Series, rtol: float,
                       is_time: bool) -> None:
-    ax.axhline(0, color=PLOT_COLORS["golden"], lw=0.6)
-    ax.axhspan(-rtol * 100, rtol * 100, color=PLOT_COLORS["band"], alpha=0.35, lw=0)
-    ax.set_ylabel("Δ%", fontsize=7)
+    ax.add(HSpan(-rtol * 100, rtol * 100, PLOT_COLORS["band"], 0.35, kind="band tolerance"),
+           HLine(0.0, PLOT_COLORS["golden"], 0.6))
     if golden.empty:
         return
     reference: pd.Series | float = float(golden.median()) if is_time else golden
     for series, color in ((phase1, PLOT_COLORS["phase1"]), (phase2, PLOT_COLORS["phase2"])):
         delta = _delta_percent(series, reference)
         if len(delta):
-            ax.plot(delta.index, delta.to_numpy(), color=color, lw=0.9)
+            ax.add(_line(delta, color, 0.9, kind="delta"))
 
 
 # ------------------------------------------------------------------------------------------- inference
@@ -355,7 +333,7 @@ def golden_requests(golden: Mapping[str, Any] | None) -> dict[str, dict[str, lis
             if k not in INFERENCE_SYSTEM_KEYS and isinstance(v, Mapping)}
 
 
-def plot_logprob_delta(views: list[RunView]) -> str | None:
+def plot_logprob_delta(views: list[RunView]) -> Figure | None:
     cells = []
     for view in sorted(views, key=lambda v: (v.run["partition"], int(v.run["repeat"]))):
         if int(view.run["repeat"]) != 1:
@@ -372,21 +350,19 @@ def plot_logprob_delta(views: list[RunView]) -> str | None:
     if not cells:
         return None
     ncols, nrows = _cells(len(cells))
-    fig, grid = _figure(ncols, nrows)
+    fig = Figure(CELL_WIDTH * ncols, CELL_HEIGHT * nrows)
     for index, (view, deltas) in enumerate(cells):
         row, col = divmod(index, ncols)
-        ax = fig.add_subplot(grid[2 * row: 2 * row + 2, col])
-        for request, values in sorted(deltas.items())[:MAX_TOKEN_REQUESTS]:
-            ax.plot(range(len(values)), values, marker=".", ms=3, lw=0.7, label=f"request {request}")
-        ax.axhline(LOGPROB_ABS_TOL, color="#c62828", lw=0.9, ls="--", label=f"atol {LOGPROB_ABS_TOL:g}")
-        ax.set_yscale("log")
-        bg, fg = VERDICT_COLORS.get(view.verdict_name, ("#ffffff", "#000000"))
-        ax.set_title(f"{view.run['partition']}: logprob |Δ| — {view.verdict_name}", fontsize=9, color=fg,
-                     backgroundcolor=bg)
-        ax.set_xlabel("token index", fontsize=7)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, loc="upper right")
-    return _png(fig)
+        bg_fg = VERDICT_COLORS.get(view.verdict_name, ("#ffffff", "#000000"))
+        ax = fig.add(Axes(col * CELL_WIDTH + PLOT_LEFT, row * CELL_HEIGHT + 22, PLOT_WIDTH, CELL_HEIGHT - 60,
+                          log_y=True, xlabel="token index", legend=True,
+                          title=(f"{view.run['partition']}: logprob |Δ| — {view.verdict_name}",),
+                          title_colors=bg_fg))
+        for number, (request, values) in enumerate(sorted(deltas.items())[:MAX_TOKEN_REQUESTS]):
+            ax.add(Line(list(range(len(values))), values, PALETTE[number % len(PALETTE)], 0.8,
+                        label=f"request {request}", kind="actual", markers=True))
+        ax.add(HLine(LOGPROB_ABS_TOL, "#c62828", 0.9, "5 3", f"atol {LOGPROB_ABS_TOL:g}"))
+    return fig
 
 
 def token_table_html(view: RunView) -> str:
@@ -461,7 +437,7 @@ td.fc{font-weight:bold;color:#fff}
 .stale{background:#fff3e0;border:1px solid #ffb74d;padding:6px 12px}
 pre{background:#263238;color:#eceff1;padding:6px 10px;font-size:12px;overflow-x:auto}
 .plots{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
-img.plot{display:block;max-width:100%;border:1px solid #e0e0e0}
+svg.plot{display:block;max-width:100%;height:auto;border:1px solid #e0e0e0;background:#fff}
 .tokens{overflow-x:auto;font-size:11px}table.tok{border-collapse:collapse}
 table.tok td,table.tok th{border:1px solid #ddd;padding:1px 3px;font-family:monospace;text-align:right}
 table.tok td.mm{background:#ef5350;color:#fff;font-weight:bold}
@@ -606,11 +582,11 @@ def case_html(case_id: str, runs: list[RunView]) -> str:
     images = []
     if first.get("mode") == "inference":
         parts += [token_table_html(r) for r in with_data]
-        image = plot_logprob_delta(with_data)
-        images += [_img(image, case_id, "logprobs")] if image else []
+        figure = plot_logprob_delta(with_data)
+        images += [_svg(figure, case_id, "logprobs")] if figure else []
     else:
         views = [r for r in with_data if not r.metrics.empty]
-        images += [_img(plot_training_metric(views, metric), case_id, metric) for metric in plotted_metrics(views)]
+        images += [_svg(plot_training_metric(views, metric), case_id, metric) for metric in plotted_metrics(views)]
     if images:
         parts.append("<div class=plots>" + "".join(images) + "</div>")
     if not with_data or len(parts) == 2:
@@ -619,9 +595,9 @@ def case_html(case_id: str, runs: list[RunView]) -> str:
     return "\n".join(parts)
 
 
-def _img(png_b64: str, case_id: str, metric: str) -> str:
-    return (f"<img class=plot data-case='{_e(case_id)}' data-metric='{_e(metric)}' "
-            f"alt='{_e(case_id)}: {_e(metric)}' src='data:image/png;base64,{png_b64}'>")
+def _svg(fig: Figure, case_id: str, metric: str) -> str:
+    return fig.to_svg("plot", {"data-case": case_id, "data-metric": metric, "role": "img",
+                               "aria-label": f"{case_id}: {metric}"})
 
 
 def render_html(sweep_dir: str | Path, history_dir: str | Path | None = None) -> str:

@@ -7,12 +7,14 @@ candidate goldens, manifests) with the real comparison rules (compare.py) and th
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pandas as pd
 import pytest
@@ -251,9 +253,21 @@ def test_report_is_self_contained_with_table_plots_and_stale_group(report_sweep:
     text = (report_sweep / "report.html").read_text()
     assert not re.search(r"""(src|href)=['"]?(https?:|//)""", text), "external asset"
     assert "<script" not in text and "<link" not in text
-    images = re.findall(r"<img class=plot [^>]*src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
-    assert len(images) == EXPECTED_PLOTS == text.count("<img")
-    assert all(len(image) > 2000 for image in images)
+    assert "<img" not in text and "data:image" not in text
+    plots = svg_plots(text)
+    assert len(plots) == EXPECTED_PLOTS == text.count("<svg")
+    for case, metric, svg in plots:
+        assert re.search(r"<path class='line actual' d='M[\d.]+,[\d.]+L", svg), f"{case} {metric}: no actual line"
+        if metric == "logprobs":
+            assert "class='ref'" in svg and "token index" in svg, "logprob plot: atol line and x label"
+        else:
+            assert re.search(r"class='band golden' (d='M|x=)", svg), f"{case} {metric}: no golden band"
+            assert "class='band tolerance'" in svg, f"{case} {metric}: no ±rtol band in the Δ% strip"
+            assert "no golden" not in svg and "Δ%" in svg and ">step<" in svg
+    resume = dict((m, svg) for c, m, svg in plots if c == "gpt/tiny_resume")
+    assert "cpu (cpu): lm loss" in resume["lm loss"] and "cpu_big (cpu_big): lm loss" in resume["lm loss"]
+    assert "class='line phase2'" in resume["lm loss"] and "class='marker'" in resume["lm loss"]
+    assert "run 2 (from 11)" in resume["lm loss"]
     rows = re.findall(r"<tr class='verdict-row' data-verdict='(\w+)'>", text)
     assert sorted(rows) == sorted(["PASS", "PASS", "FAIL", "GOLDEN_STALE", "FAIL", "FAIL"])
     assert rows[0] == "FAIL", "failures sort first"
@@ -296,9 +310,32 @@ def test_big_sweep_plots_failures_plus_a_sample_and_says_so(tmp_path: Path) -> N
              FakeRun("case_broken_b", outcome="broken", metrics=["lm loss"])]
     text = render_html(make_fake_sweep(tmp_path, runs))
     assert "This sweep has 44 case runs" in text and "2 non-passing" in text
-    assert text.count("<img") == 2 + PASSING_SAMPLE
+    assert text.count("<svg class=plot") == 2 + PASSING_SAMPLE
     assert text.count("class='verdict-row'") == 44
     assert "data-case='gpt/case_broken_a'" in text
+
+
+def svg_plots(text: str) -> list[tuple[str, str, str]]:
+    """(case, metric, svg) per plot; each must be well-formed XML once its unquoted HTML class is quoted."""
+    found = re.findall(r"(<svg class=plot data-case='([^']*)' data-metric='([^']*)' role='img' "
+                       r"aria-label='[^']*'.*?</svg>)", text, re.S)
+    for svg, _, _ in found:
+        ElementTree.fromstring(svg.replace("<svg class=plot ", "<svg class='plot' ", 1))
+    return [(html.unescape(case), html.unescape(metric), svg) for svg, case, metric in found]
+
+
+def test_plots_without_golden_with_nan_and_a_hostile_name(tmp_path: Path) -> None:
+    from orchestrator.report import render_html
+
+    runs = [FakeRun("no_golden", golden=False, metrics=["lm loss"]), FakeRun("with_nan", outcome="nan",
+                                                                             metrics=["lm loss"]),
+            FakeRun("""a'<b>&"x""", metrics=["lm loss"])]
+    plots = {case: svg for case, _, svg in svg_plots(render_html(make_fake_sweep(tmp_path, runs)))}
+    assert "no golden" in plots["gpt/no_golden"] and "band golden" not in plots["gpt/no_golden"]
+    nan_line = re.search(r"<path class='line actual' d='([^']*)'", plots["gpt/with_nan"]).group(1)
+    assert nan_line.count("M") == 2 and not re.search(r"nan|inf", nan_line), "NaN at step 5: a gap"
+    hostile = plots["""gpt/a'<b>&"x"""]
+    assert "data-case='gpt/a&#x27;&lt;b&gt;&amp;&quot;x'" in hostile and "<b>" not in hostile
 
 
 def _chromium_or_skip() -> None:
@@ -332,4 +369,9 @@ def test_report_renders_in_headless_chromium(report_sweep: Path, tmp_path: Path)
     lower = pixels[1100:]
     non_white = (lower.sum(axis=2) < 740).mean()
     assert non_white > 0.03, "no plots below the table"
-    assert len({tuple(p) for p in lower[::2, ::2].reshape(-1, 3)}) > 200, "plots have many colors"
+    lower_flat = {tuple(p) for p in lower[::2, ::2].reshape(-1, 3)}
+    for verdict in ("PASS", "GOLDEN_STALE"):  # plot title bars are solid fills in the verdict's color
+        bg = VERDICT_COLORS[verdict][0]
+        assert tuple(int(bg[i:i + 2], 16) for i in (1, 3, 5)) in lower_flat, f"no {verdict} plot title"
+    # The PNGs had ~2000 colors here; Chromium's antialiased SVG lines, bands and text give about as many.
+    assert len(lower_flat) > 200, "plots have many colors"

@@ -10,6 +10,8 @@ runs it. From its sweep directory:
     wall time) / command wall. Everything outside the workload's own wall time counts as orchestration:
     CLI start-up, planning, process spawn, launch preparation, collection, verdicts and the report.
 Plus a cold `import torch, megatron.core, megatron.training` and the orchestrator CLI's start-up.
+BENCH_WORKLOAD_CASES (comma-separated case names or globs, e.g. `gpt3_mcore_tp1_pp1_cpu,*resume*`) limits the
+cases; `python -m benchmarks.workload CASE...` runs just those and prints each one's share and breakdown.
 On a machine with a GPU, the GPU twins of these cases (same name without `_cpu`) run with NCCL and record
 iteration time and memory with the GPU model; without one this records "no GPU available".
 """
@@ -17,6 +19,8 @@ iteration time and memory with the GPU model; without one this records "no GPU a
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
+import os
 import re
 import secrets
 import shutil
@@ -43,6 +47,16 @@ _INIT = re.compile(r"time to initialize megatron \(seconds\): ([\d.]+)")
 
 def cpu_cases(case_root: Path = REPO_ROOT / "cases") -> list[str]:
     return sorted(f"gpt/{path.parent.name}" for path in (case_root / "gpt").glob("*_cpu/model_config.yaml"))
+
+
+def selected_cases(patterns: str | None = None) -> list[str]:
+    """The CPU cases matching `patterns` (default: BENCH_WORKLOAD_CASES; empty: all), by id or folder name."""
+    patterns = os.environ.get("BENCH_WORKLOAD_CASES", "") if patterns is None else patterns
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    cases = cpu_cases()
+    if not wanted:
+        return cases
+    return [c for c in cases if any(fnmatch.fnmatch(c, p) or fnmatch.fnmatch(c.split("/", 1)[1], p) for p in wanted)]
 
 
 @dataclass
@@ -192,7 +206,7 @@ def run(report: Report, *, repeats: int, timeout_s: float = 1800, keep: bool = T
     work.mkdir(parents=True, exist_ok=True)
     cluster_file = REPO_ROOT / "clusters" / "local.yaml"
     details: dict[str, Any] = {"work": str(work), "cases": {}}
-    for case in cpu_cases():
+    for case in selected_cases():
         print(f"[{SECTION}] running {case} on the local executor (cpu)", flush=True)
         result = run_case(case, work, cluster_file, timeout_s)
         _case_figures(report, result)
@@ -286,3 +300,31 @@ def _gpu_memory(report: Report, name: str, result: CaseRun) -> None:
     peak = read_tensorboard_scalars(tb).get("mem-max-allocated-bytes", {})
     if peak:
         report.add(Figure(SECTION, f"{name}: max allocated memory", "GiB", [max(peak.values()) / 2**30]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.workload CASE...`: run those cases (all without arguments) and print the share."""
+    import sys
+
+    names = list(sys.argv[1:] if argv is None else argv)
+    cases = selected_cases(",".join(names))
+    if not cases:
+        print(f"no CPU case matches {names}; cases: {', '.join(cpu_cases())}")
+        return 2
+    work = work_dir(f"workload-{dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}")
+    work.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        result = run_case(case, work, REPO_ROOT / "clusters" / "local.yaml", timeout_s=1800)
+        share = result.orchestration_share
+        print(f"{case}: exit {result.exit_code}, verdict {result.verdict}, wall {result.wall_s:.2f} s, workload "
+              f"critical path {result.critical_path_s} s, orchestration share "
+              f"{'-' if share is None else f'{share:.3f}'} (load average {load:.2f} at the start)")
+        for part, seconds in result.breakdown().items():
+            print(f"  {part}: {seconds:.2f} s")
+    print(f"sweeps: {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import select
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,6 +196,35 @@ class _Running:
     job: Any
     ranks: int
     started: float
+    pidfd: int | None = None  # readable once the job's controller process has ended
+
+
+def _open_pidfd(job: Any) -> int | None:
+    """A pidfd for submitit's controller process of a local job (Linux ≥ 5.3), None where there is none."""
+    process = getattr(job, "_process", None)
+    pid = getattr(process, "pid", None)
+    if pid is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def _wait_for_an_end(running: list[_Running], timeout_s: float) -> None:
+    """Sleep until a running job's controller process ends (at once, through its pidfd), at most `timeout_s`.
+    Without a pidfd for every job this is a plain `timeout_s` sleep (the poll interval)."""
+    fds = [entry.pidfd for entry in running]
+    if not fds or any(fd is None for fd in fds):
+        time.sleep(timeout_s)
+        return
+    select.select(fds, [], [], timeout_s)
+
+
+def _close_pidfd(entry: _Running) -> None:
+    if entry.pidfd is not None:
+        os.close(entry.pidfd)
+        entry.pidfd = None
 
 
 def _phase_failed_state(phase_dir: Path) -> bool:
@@ -206,7 +236,12 @@ def _phase_failed_state(phase_dir: Path) -> bool:
 
 def run_local(plan: Plan, *, max_ranks: int | None = None, progress: Any = None, poll_s: float = 0.5,
               write_states: bool = True) -> dict[str, dict]:
-    """Run every phase with submitit's LocalExecutor under a rank budget; returns job states per phase key."""
+    """Run every phase with submitit's LocalExecutor under a rank budget; returns job states per phase key.
+
+    A phase is over when its job's controller process (submitit's `submitit.local._local`, which waits for every
+    rank) has exited; the loop wakes on that exit through a pidfd, so a dependent phase starts (and the collector
+    runs) right away. `poll_s` bounds each wait: the progress callback's refresh, and the poll interval where
+    pidfds are not available."""
     budget = max_ranks or plan.cluster.local_max_ranks
     for line in JOB_SETUP:  # the local jobs inherit this process's environment
         name, value = line.removeprefix("export ").split("=", 1)
@@ -218,10 +253,23 @@ def run_local(plan: Plan, *, max_ranks: int | None = None, progress: Any = None,
     finished: dict[str, dict] = {}
     running: list[_Running] = []
     folder = submitit_folder(plan.sweep_dir)
+    try:
+        _run_local_loop(plan, pending, running, finished, folder, budget, progress, poll_s)
+    finally:
+        for entry in running:
+            _close_pidfd(entry)
+    if write_states:
+        write_json_atomic(plan.sweep_dir / JOB_STATES_FILE, dict(sorted(finished.items())))
+    return finished
+
+
+def _run_local_loop(plan: Plan, pending: list[tuple[str, PhasePlan, int]], running: list[_Running],
+                    finished: dict[str, dict], folder: Path, budget: int, progress: Any, poll_s: float) -> None:
     while pending or running:
         for entry in list(running):
             if entry.job.done():
                 running.remove(entry)
+                _close_pidfd(entry)
                 finished[entry.phase_key] = _local_state(entry, plan)
         for item in list(pending):
             key, phase, ranks = item
@@ -241,11 +289,10 @@ def run_local(plan: Plan, *, max_ranks: int | None = None, progress: Any = None,
             running.append(_start_local(folder, plan, key, phase, ranks))
         if progress:
             progress(finished, running, pending)
-        if pending or running:
+        if running:
+            _wait_for_an_end(running, poll_s)
+        elif pending:
             time.sleep(poll_s)
-    if write_states:
-        write_json_atomic(plan.sweep_dir / JOB_STATES_FILE, dict(sorted(finished.items())))
-    return finished
 
 
 def merge_job_states(sweep_dir: Path, newer: dict[str, dict]) -> None:
@@ -274,7 +321,8 @@ def _start_local(folder: Path, plan: Plan, key: str, phase: PhasePlan, ranks: in
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(tasks_per_node=ranks, nodes=1, timeout_min=shape.time_min)
     job = executor.submit(run_phase, str(plan.sweep_dir / phase.phase_dir / "task.json"))
-    return _Running(phase_key=key, phase=phase, job=job, ranks=ranks, started=time.monotonic())
+    return _Running(phase_key=key, phase=phase, job=job, ranks=ranks, started=time.monotonic(),
+                    pidfd=_open_pidfd(job))
 
 
 def _local_state(entry: _Running, plan: Plan) -> dict[str, Any]:

@@ -75,10 +75,18 @@ def execute(plan: Plan, *, wait: bool = True, max_ranks: int | None = None, time
     from .submit import run_local, submit_slurm, wait_slurm
 
     if plan.cluster.executor == "local":
+        from .collector_job import Prefetch
+
         write_views(plan)
-        progress = LocalProgress(plan, out)
-        run_local(plan, max_ranks=max_ranks, progress=progress)
+        progress, prefetch = LocalProgress(plan, out), Prefetch()
+
+        def progress_and_prefetch(finished: dict, running: list, pending: list) -> None:
+            progress(finished, running, pending)
+            prefetch.start()  # once the first ranks are spawned: the collector's imports overlap the phases
+
+        run_local(plan, max_ranks=max_ranks, progress=progress_and_prefetch)
         progress.done()
+        prefetch.finish()
         return collect_and_summarize(plan.sweep_dir, out)
     if not slurm.available():
         raise OrchestratorError("sbatch/sacct not found: start a cluster with `orchestrator cluster up` "

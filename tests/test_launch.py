@@ -392,3 +392,52 @@ def test_synthetic_inference_and_event_framing(tmp_path: Path, monkeypatch: pyte
     request = outputs[0]["0"]
     assert len(request["generated_tokens"]) == 8 and request["generated_text"].startswith(" t")
     assert len(request["logprobs"]) > len(request["generated_tokens"])
+
+
+# ----------------------------------------------------------------------------------------------- prompt exit
+
+_EXIT_SCRIPT = """
+import atexit, os, sys, threading, time
+from pathlib import Path
+from orchestrator import launch
+
+class Teardown:  # a module global: its destructor runs only if the interpreter tears itself down
+    def __del__(self):
+        os.write(2, b"teardown ran\\n")
+
+TEARDOWN = Teardown()
+atexit.register(lambda: os.write(2, b"handler registered before\\n"))
+out = open(sys.argv[1], "w")
+out.write("buffered, never flushed by the program")
+threading.Thread(target=lambda: (time.sleep(0.3), os.write(2, b"thread finished\\n"))).start()
+code, mode = int(sys.argv[2]), sys.argv[3]
+launch.exit_promptly(code, once_exists=Path(sys.argv[1] + ".missing") if mode == "missing" else None)
+atexit.register(lambda: os.write(2, b"handler registered after\\n"))
+if mode == "raise":
+    raise RuntimeError("after the rank was done")
+"""
+
+
+@pytest.mark.parametrize(("code", "mode", "env", "expected", "prompt"), [
+    (0, "ok", {}, 0, True),
+    (3, "ok", {}, 3, True),  # a failing rank's code passes through
+    (0, "raise", {}, 1, True),  # an uncaught exception after the rank was done still exits non-zero
+    (0, "missing", {}, 0, False),  # submitit saved no result: the interpreter ends the usual way
+    (0, "ok", {"ORCH_FAST_EXIT": "0"}, 0, False),
+])
+def test_exit_promptly_runs_exit_handlers_flushes_files_and_skips_teardown(
+        tmp_path: Path, code: int, mode: str, env: dict[str, str], expected: int, prompt: bool) -> None:
+    script, data = tmp_path / "rank.py", tmp_path / "data.txt"
+    script.write_text(_EXIT_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(data), str(code), mode], cwd=REPO, env=base_env(env),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == expected, done.stderr
+    lines = [line for line in done.stderr.splitlines() if not line.startswith(("Traceback", "  ", "RuntimeError"))]
+    # non-daemon threads joined first, then every atexit handler exactly once, last registered first
+    assert lines[:3] == ["thread finished", "handler registered after", "handler registered before"], done.stderr
+    assert ("teardown ran" in lines) is not prompt
+    assert data.read_text() == "buffered, never flushed by the program"
+
+
+def test_exit_promptly_is_only_armed_in_a_submitit_job_process() -> None:
+    assert not launch._runs_as_submitit_job()  # pytest's process: run_task must never os._exit it

@@ -155,3 +155,25 @@ def test_rerun_failed_touches_only_failing_cases(workspace):
     verdicts = _verdicts(run)
     assert verdicts["crash_resume"]["failure_class"] == "CRASH"
     assert verdicts["ok_regular"]["verdict"] == "PASS"
+
+
+def test_local_executor_wakes_as_soon_as_a_job_ends():
+    """run_local waits on the controllers' pidfds: a dependent phase (or the collector) starts at once, not at
+    the next poll."""
+    import time
+    import types
+
+    from orchestrator import submit
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    job = types.SimpleNamespace(_process=proc)
+    entry = submit._Running("case@cpu#1:1", None, job, 1, time.monotonic(), pidfd=submit._open_pidfd(job))
+    try:
+        if entry.pidfd is None:
+            pytest.skip("no pidfd_open here: run_local polls every poll_s")
+        start = time.monotonic()
+        submit._wait_for_an_end([entry], 60)
+        assert time.monotonic() - start < 30 and proc.poll() is not None
+    finally:
+        submit._close_pidfd(entry)
+        proc.wait()

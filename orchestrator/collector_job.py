@@ -72,7 +72,7 @@ def _set_thread_nice(tid: int, nice: int) -> None:
         pass
 
 
-def record_slurm_states(sweep_dir: Path, settle_s: float | None = None, poll_s: float = 2.0) -> dict[str, dict]:
+def record_slurm_states(sweep_dir: Path, settle_s: float | None = None, poll_s: float = 0.5) -> dict[str, dict]:
     """The scheduler's view of every phase, written to job_states.json.
 
     The collector starts once every array has ended (afterany), but slurmdbd lags behind slurmctld: right after

@@ -1,6 +1,7 @@
 """Infrastructure retries: a phase lost to a node failure runs again (once by default) on other nodes.
 
-Slurm itself requeues a `--requeue` job whose node fails (launch then resumes from the latest checkpoint).
+Slurm itself requeues a `--requeue` job whose node fails (launch then resumes from the latest checkpoint); such
+a requeue spends the same budget (`infra_retries`) as a resubmission from here.
 What Slurm did not recover — a NODE_FAIL'd job it did not requeue, or a phase whose ranks died of lost
 connections only (INFRA in status.json) — is resubmitted here, from the collector job, with `--exclude` of
 the nodes involved, followed by a new collector job. The collector then exits without verdicts; the new one
@@ -32,6 +33,14 @@ def infra_failed_runs(sweep_dir: Path, job_states: dict[str, dict]) -> dict[str,
     return failed
 
 
+def retries_used(key: str, resubmitted: dict[str, int], job_states: dict[str, dict]) -> int:
+    """The case run's infrastructure retries so far: the collector's resubmissions and Slurm's own requeues
+    (a node failure Slurm recovered by itself spends the same budget)."""
+    requeues = sum(max(int(state.get("attempts") or 1) - 1, 0) for phase_key, state in job_states.items()
+                   if phase_key.rsplit(":", 1)[0] == key)
+    return resubmitted.get(key, 0) + requeues
+
+
 def retry_infra_failures(sweep_dir: Path, job_states: dict[str, dict]) -> list[str]:
     """Resubmit infra-failed case runs within the sweep's retry budget. Returns the keys resubmitted."""
     from .plan import load_plan
@@ -44,7 +53,7 @@ def retry_infra_failures(sweep_dir: Path, job_states: dict[str, dict]) -> list[s
     plan = load_plan(sweep_dir)
     submission = Submission.read(sweep_dir)
     budget = plan.sweep.infra_retries
-    keys = [key for key in failed if submission.retries.get(key, 0) < budget]
+    keys = [key for key in failed if retries_used(key, submission.retries, job_states) < budget]
     if not keys:
         return []
     exclude = ",".join(sorted({node for key in keys for node in failed[key].split(",") if node and node != "None"}))

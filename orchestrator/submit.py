@@ -19,26 +19,13 @@ from typing import Any
 import submitit
 
 from . import slurm
+from .entry import COLLECTOR_DONE_FILE, run_collector, run_phase
 from .fsutil import read_json, write_json_atomic
 from .plan import ArrayPlan, PhasePlan, Plan
 from .render import JOB_SETUP, array_parameters, collector_parameters, submitit_folder
 
 SUBMISSION_FILE = "submission.json"
 JOB_STATES_FILE = "job_states.json"
-
-
-def run_phase(task_path: str) -> Any:
-    """A phase's body (every rank) — imports the launcher lazily so submitting stays light."""
-    from .launch import run_task
-
-    return run_task(task_path)
-
-
-def run_collector(sweep_dir: str) -> dict[str, Any]:
-    """The collector job's body (Slurm) — imported lazily so submitting stays light."""
-    from .collector_job import collector_main
-
-    return collector_main(sweep_dir)
 
 
 # ----------------------------------------------------------------------------------------------- slurm
@@ -168,10 +155,13 @@ def case_states(plan_data: dict[str, Any], submission: Submission, states: dict[
     return result
 
 
-def wait_slurm(sweep_dir: Path, *, poll_s: float = 2.0, timeout_s: float | None = None,
+def wait_slurm(sweep_dir: Path, *, poll_s: float = 1.0, max_poll_s: float = 30.0, timeout_s: float | None = None,
                progress: Any = None) -> dict[str, slurm.JobState]:
-    """Wait until the collector job is final; one sacct call per poll."""
+    """Wait until the collector job is done: one sacct call per poll cycle, cycles growing from `poll_s` to
+    `max_poll_s` apart (a long sweep must not hammer slurmdbd); in between, a cheap look for the file the
+    collector job writes as its last act, so the wait ends as soon as the results are complete."""
     deadline = time.monotonic() + timeout_s if timeout_s else None
+    interval = poll_s
     while True:
         # Re-read: an infrastructure retry replaces the collector job id while we wait.
         submission = Submission.read(sweep_dir)
@@ -181,9 +171,25 @@ def wait_slurm(sweep_dir: Path, *, poll_s: float = 2.0, timeout_s: float | None 
         collector = states.get(submission.collector or "")
         if collector and collector.final and Submission.read(sweep_dir).collector == submission.collector:
             return states
-        if deadline and time.monotonic() > deadline:
-            raise TimeoutError(f"sweep {sweep_dir.name} not finished after {timeout_s:.0f} s")
-        time.sleep(poll_s)
+        next_poll = time.monotonic() + interval
+        interval = min(interval * 1.5, max_poll_s)
+        while time.monotonic() < next_poll:
+            if _collector_done(sweep_dir):
+                return states
+            if deadline and time.monotonic() > deadline:
+                raise TimeoutError(f"sweep {sweep_dir.name} not finished after {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+
+def _collector_done(sweep_dir: Path) -> bool:
+    path = sweep_dir / COLLECTOR_DONE_FILE
+    if not path.exists():
+        return False
+    try:
+        done, collector = read_json(path).get("job_id"), Submission.read(sweep_dir).collector
+    except (OSError, ValueError):
+        return False
+    return bool(done) and done == collector
 
 
 # ----------------------------------------------------------------------------------------------- local

@@ -194,10 +194,18 @@ def _elapsed(phase: PhaseData) -> float:
     return max(seconds, 0.0)
 
 
-def _retries(phase: PhaseData) -> int:
+def _requeues(phase: PhaseData) -> int:
+    """How often Slurm requeued this phase's job (a node failure, `scontrol requeue`, preemption)."""
     job, status = phase.job_state or {}, phase.status or {}
     attempts = job.get("attempts") if job.get("attempts") is not None else status.get("attempt")
     return max(_int(attempts, 1) - 1, 0)
+
+
+def infra_retries(phases: list[PhaseData]) -> int:
+    """Every run again for infrastructure reasons: Slurm's requeues of each phase, plus the collector's
+    resubmissions of the whole case run (job_states.json carries their count on each phase)."""
+    resubmitted = max((_int((phase.job_state or {}).get("retries"), 0) for phase in phases), default=0)
+    return sum(_requeues(phase) for phase in phases) + resubmitted
 
 
 def verdict_row(sweep_id: str, result: CaseRunResult) -> dict[str, Any]:
@@ -219,7 +227,7 @@ def verdict_row(sweep_id: str, result: CaseRunResult) -> dict[str, Any]:
         "phase_states": " ".join(f"{p.phase}:{o.state}" for p, o in zip(result.phases, outcomes, strict=False)),
         "job_ids": " ".join(str(p.job_state["job_id"]) for p in result.phases if (p.job_state or {}).get("job_id")),
         "wall_s": round(sum(_elapsed(phase) for phase in result.phases), 3),
-        "retries": sum(_retries(phase) for phase in result.phases),
+        "retries": infra_retries(result.phases),
         "fingerprint": fingerprint_hash(read_run_fingerprint(result.run_dir)),
     }
 

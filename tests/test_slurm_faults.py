@@ -10,8 +10,9 @@ One module fixture drives all scenarios at once, so the file costs a few minutes
    `node_lost` may not be retried (INFRA). The node is restored once `node_ok` runs again.
 2. Once the dead node is DOWN (so no new job lands on it), the other faults are submitted together: a phase-1
    failure after a checkpoint was saved (phase 2 must be cancelled by Slurm), a training phase requeued with
-   `scontrol requeue` after its checkpoint, a timeout, a driver process SIGKILLed right after submission, and
-   two `orchestrator run` started together on the same cases; one of those is then collected twice more.
+   `scontrol requeue` after its checkpoint, a timeout, a phase whose ranks lose their connections (the collector
+   retries it on another node), a driver process SIGKILLed right after submission, and two `orchestrator run`
+   started together on the same cases; one of those is then collected twice more.
 About 3 minutes on a loaded 2-core machine; SCENARIO_TIMEOUT_S bounds it.
 """
 
@@ -61,6 +62,9 @@ CASES: dict[str, tuple[str, int, dict[str, Any]]] = {
     "node_lost": ("regular", 7, {"SYNTH_SLEEP_PER_STEP": 5}),
     "p1fail": ("ckpt-resume", 9, {"SYNTH_FAIL_AT_STEP": 7, "SYNTH_FAIL_RANK": 1}),
     "sleepy": ("regular", 7, {"SYNTH_SLEEP_PER_STEP": 20}),
+    # its first attempt loses its "connections" (the synthetic stand-in for a network fault): the collector retries it
+    "netflap": ("regular", 7, {"SYNTH_FAIL_AT_STEP": 3, "SYNTH_FAIL_KIND": "connection",
+                               "SYNTH_FAIL_ONCE": "{root}/netflap.failed"}),
 }
 TABLES = ("verdicts.csv", "checks.csv", "summary.json", "junit.xml", "summary.md", "metrics.parquet")
 REPORTS = ("report.html", "report.md")  # they also show the diff against the previous sweep in the history store
@@ -99,6 +103,7 @@ def write_inputs(root: Path) -> dict[str, Path]:
     for name, (test_type, seed, env) in CASES.items():
         folder = cases / "synth" / name
         folder.mkdir(parents=True)
+        env = {key: str(value).format(root=root) for key, value in env.items()}
         (folder / "model_config.yaml").write_text(case_yaml(test_type, seed, env))
         (folder / "golden_values_dev_cpu.json").write_text(json.dumps(golden(seed), indent=2))
     (cases / "recipes.yaml").write_text("".join(
@@ -461,12 +466,13 @@ def faults(slurm_cluster, tmp_path_factory) -> Faults:
                 run_dir=root / "timeout")
         f.start("requeue", "--no-wait", "--case", "synth/requeued", run_dir=root / "requeue")
         f.start("p1fail", "--no-wait", "--case", "synth/p1fail", run_dir=root / "p1fail")
+        f.start("netflap", "--no-wait", "--case", "synth/netflap", run_dir=root / "netflap")
         f.start("driver", *waiting, "--case", "synth/steady", run_dir=root / "driver")  # killed once submitted
         for i in (1, 2):  # the same cases, started together, each choosing its own run directory
             sweep = f.start(f"twin{i}", *waiting, "--case", "synth/steady", "--case", "synth/steady_resume",
                             "--results-dir", str(root / "twins"), "--name", "twin")
             f.twins.append(f.sweeps.pop(sweep.name))
-        f.submitted(*(f.sweeps[n] for n in ("timeout", "requeue", "p1fail")))
+        f.submitted(*(f.sweeps[n] for n in ("timeout", "requeue", "p1fail", "netflap")))
         f.mark("other sweeps submitted")
         drive(f, ok)
         f.mark("all collected")
@@ -533,6 +539,29 @@ def test_node_death_without_retry_budget_is_infra(faults):
     assert "#SBATCH --no-requeue" in script.read_text() and "#SBATCH --requeue" not in script.read_text()
     assert not (run.run_dir / "retries.json").exists()
     assert json.loads((run.run_dir / "submission.json").read_text())["retries"] == {}
+
+
+def test_lost_connections_are_retried_by_the_collector_elsewhere(faults):
+    run = faults.sweeps["netflap"]
+    row = assert_all_accounted(run.run_dir)["netflap"]
+    assert (row["verdict"], row["failure_class"], row["retries"]) == ("PASS", "", "1"), row
+    first = json.loads((run.case_dir("netflap") / "run_1.attempt1" / "status.json").read_text())
+    assert (first["state"], first["error_class"]) == ("FAILED", "INFRA"), first
+    assert "connection to peers lost at step 3" in first["error"], first
+    retries = json.loads((run.run_dir / "retries.json").read_text())
+    assert [entry["keys"] for entry in retries] == [["synth/netflap@cpu#1"]], retries
+    excluded = retries[0]["exclude"].split(",")
+    state = json.loads((run.run_dir / "job_states.json").read_text())["synth/netflap@cpu#1:1"]
+    assert excluded == first["hosts"] and state["node_list"] not in excluded, (excluded, state)
+    submission = json.loads((run.run_dir / "submission.json").read_text())
+    assert submission["retries"] == {"synth/netflap@cpu#1": 1} and submission["sbatch_calls"] == 4, submission
+    assert submission["collector"] == retries[0]["collector"]  # the retry's collector wrote the verdicts
+    retried_job = submission["phase_jobs"]["synth/netflap@cpu#1:1"].split("_")[0]
+    assert submission["arrays"]["ra000"] == retried_job != submission["arrays"]["a000"], submission
+    script = next((run.run_dir / "submitit").glob(f"{retried_job}*/*_submission.sh"))
+    assert f"#SBATCH --exclude={retries[0]['exclude']}" in script.read_text()
+    status = json.loads((run.case_dir("netflap") / "run_1" / "status.json").read_text())
+    assert status["state"] == "COMPLETED" and status["hosts"] != first["hosts"], status
 
 
 def test_requeue_resumes_with_uninterrupted_losses(faults):

@@ -16,6 +16,9 @@ Fault injection, for tests only:
   SYNTH_FAIL_AT_STEP=N   fail at step N (before the step's barrier)
   SYNTH_FAIL_RANK=K      ... only on rank K (default: every rank)
   SYNTH_EXIT_CODE=C      ... by exiting with code C instead of raising RuntimeError
+  SYNTH_FAIL_KIND=connection  ... by raising ConnectionResetError, as a rank that lost its peers' connections does
+                         (a stand-in for a network fault, which cannot be caused on demand on one machine)
+  SYNTH_FAIL_ONCE=PATH   ... only while PATH does not exist; failing creates it (the next attempt runs clean)
   SYNTH_SLEEP_PER_STEP=S sleep S seconds per step
   SYNTH_BARRIER_TIMEOUT_S=T  give up waiting for peers after T seconds (TimeoutError; default 600)
 
@@ -228,10 +231,17 @@ def _maybe_fail(step: int, ranks: Ranks) -> None:
     only = os.environ.get("SYNTH_FAIL_RANK")
     if only not in (None, "") and int(only) != ranks.rank:
         return
+    once = os.environ.get("SYNTH_FAIL_ONCE")
+    if once:
+        if os.path.exists(once):
+            return
+        Path(once).touch()
     code = os.environ.get("SYNTH_EXIT_CODE")
     print(f"synthetic: injected failure at step {step} on rank {ranks.rank}", flush=True)
     if code:
         raise SystemExit(int(code))
+    if os.environ.get("SYNTH_FAIL_KIND") == "connection":
+        raise ConnectionResetError(f"synthetic: connection to peers lost at step {step} on rank {ranks.rank}")
     raise RuntimeError(f"synthetic failure injected at step {step} on rank {ranks.rank}")
 
 

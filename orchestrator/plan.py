@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +154,7 @@ class Plan:
     created: str
     sweep: SweepConfig
     cluster: ClusterConfig
+    revision: Callable[[], str] = field(default=lambda: code_revision(), repr=False, compare=False)
 
     def case_run(self, key: str) -> CaseRun:
         for run in self.case_runs:
@@ -550,21 +551,36 @@ def dag_dot(plan: Plan) -> str:
 
 def code_revision() -> str:
     """The project's git revision (with a `-dirty` suffix for uncommitted changes), or "unknown"."""
+    return code_revision_later()()
+
+
+def code_revision_later() -> Callable[[], str]:
+    """Start asking git now (two processes at once); the returned function gives code_revision()'s answer."""
     import subprocess
 
     git = ["git", "-C", str(REPO_ROOT)]
-    try:  # both at once: this runs before the first sbatch
+    try:
         head = subprocess.Popen([*git, "rev-parse", "HEAD"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 text=True)
         status = subprocess.Popen([*git, "status", "--porcelain", "--untracked-files=no"], stdout=subprocess.PIPE,
                                   stderr=subprocess.DEVNULL, text=True)
-        revision = head.communicate(timeout=10)[0].strip()
-        dirty = status.communicate(timeout=10)[0].strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    if head.returncode != 0 or not revision:
-        return "unknown"
-    return f"{revision}-dirty" if dirty else revision
+    except OSError:
+        return lambda: "unknown"
+
+    def result() -> str:
+        try:
+            revision = head.communicate(timeout=10)[0].strip()
+            dirty = status.communicate(timeout=10)[0].strip()
+        except subprocess.SubprocessError:
+            for proc in (head, status):
+                proc.kill()
+                proc.communicate()
+            return "unknown"
+        if head.returncode != 0 or not revision:
+            return "unknown"
+        return f"{revision}-dirty" if dirty else revision
+
+    return result
 
 
 def write_plan_files(plan: Plan) -> None:
@@ -575,7 +591,7 @@ def write_plan_files(plan: Plan) -> None:
     write_json_atomic(root / "sweep.json", {
         "sweep": plan.sweep.to_dict(json=True),
         "cluster": plan.cluster.to_dict(json=True),
-        "revision": code_revision(),
+        "revision": plan.revision(),
         "pid": os.getpid(),
     })
     for run in plan.case_runs:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Reason", "NodeList", "ElapsedRaw")
@@ -58,14 +59,31 @@ def _run(argv: list[str], timeout: float = 60) -> str:
 
 def max_array_size() -> int:
     """MaxArraySize from `scontrol show config`; Slurm's default when it cannot be read."""
+    return max_array_size_later()()
+
+
+def max_array_size_later() -> Callable[[], int]:
+    """Start `scontrol show config` now; the returned function gives MaxArraySize (so the call overlaps with
+    discovering and planning the cases)."""
     if shutil.which("scontrol") is None:
-        return DEFAULT_MAX_ARRAY_SIZE
+        return lambda: DEFAULT_MAX_ARRAY_SIZE
     try:
-        text = _run(["scontrol", "show", "config"], timeout=30)
-    except (RuntimeError, subprocess.TimeoutExpired):
-        return DEFAULT_MAX_ARRAY_SIZE
-    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", text, re.MULTILINE)
-    return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+        proc = subprocess.Popen(["scontrol", "show", "config"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True)
+    except OSError:
+        return lambda: DEFAULT_MAX_ARRAY_SIZE
+
+    def result() -> int:
+        try:
+            text, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return DEFAULT_MAX_ARRAY_SIZE
+        match = re.search(r"^MaxArraySize\s*=\s*(\d+)", text, re.MULTILINE) if proc.returncode == 0 else None
+        return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+
+    return result
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, JobState]:

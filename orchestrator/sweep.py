@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from . import slurm
 from .cases import discover_cases, load_recipes_for_roots, select_cases
 from .config import ClusterConfig, SweepConfig, display_path
 from .errors import ConfigError, OrchestratorError
-from .plan import Plan, build_plan, new_sweep_id, write_plan_files, write_plan_views
+from .plan import Plan, build_plan, code_revision_later, new_sweep_id, write_plan_files, write_plan_views
 from .render import write_scripts
 
 
@@ -20,6 +21,10 @@ def prepare(sweep: SweepConfig, *, out_dir: Path | None = None, explicit_cases: 
             cluster: ClusterConfig | None = None) -> Plan:
     """Everything up to (not including) submission. Raises ConfigError on bad input, before writing."""
     cluster = cluster or sweep.load_cluster()
+    revision_later = code_revision_later()  # git and scontrol run while the cases are read and planned
+    max_array_later = None
+    if cluster.max_array_size is None and cluster.executor == "slurm" and slurm.available():
+        max_array_later = slurm.max_array_size_later()
     cases = discover_cases(sweep.case_roots)
     recipes = load_recipes_for_roots(sweep.case_roots)
     source = display_path(sweep.source) if sweep.source else "<command line>"
@@ -30,11 +35,10 @@ def prepare(sweep: SweepConfig, *, out_dir: Path | None = None, explicit_cases: 
     sweep_dir = (out_dir or Path(sweep.results_dir) / sweep_id).resolve()
     if (sweep_dir / "plan.json").exists():
         raise OrchestratorError(f"{sweep_dir}: already holds a sweep; choose another --out")
-    max_array = cluster.max_array_size
-    if max_array is None and cluster.executor == "slurm" and slurm.available():
-        max_array = slurm.max_array_size()
+    max_array = max_array_later() if max_array_later else cluster.max_array_size
     plan = build_plan(selected, sweep, cluster, recipes, sweep_dir=sweep_dir, sweep_id=sweep_id,
                       max_array_size=max_array, explicit_selection=explicit_cases)
+    plan.revision = functools.cache(revision_later)
     check_cpu_flags(plan)
     return plan
 

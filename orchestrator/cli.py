@@ -110,10 +110,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from .collector_job import finish_sweep
+    from . import slurm
+    from .collector_job import JOB_STATES_FILE, finish_sweep, record_slurm_states
     from .sweep import read_summary
 
     run_dir = _existing_run_dir(args.run_dir)
+    if (run_dir / "submission.json").exists() and not (run_dir / JOB_STATES_FILE).exists() and slurm.available():
+        record_slurm_states(run_dir)  # the collector job never got that far: ask Slurm ourselves
     finish_sweep(run_dir)
     summary = read_summary(run_dir, print)
     return 0 if summary.get("ok") else 1

@@ -105,8 +105,24 @@ def execute(plan: Plan, *, wait: bool = True, max_ranks: int | None = None, time
         out(f"  {name}: job {job_id} ({len(array.members)} task(s), phase {array.phase}{dep})")
     if not wait:
         return None
-    wait_slurm(plan.sweep_dir, timeout_s=timeout_s, progress=SlurmProgress(out))
+    states = wait_slurm(plan.sweep_dir, timeout_s=timeout_s, progress=SlurmProgress(out))
+    if not (plan.sweep_dir / "summary.json").exists():
+        collect_in_place_of_job(plan.sweep_dir, states, out)
     return read_summary(plan.sweep_dir, out)
+
+
+def collect_in_place_of_job(sweep_dir: Path, states: dict[str, slurm.JobState], out: Callable[[str], Any]) -> None:
+    """The collector job ended without verdicts (its node died, someone cancelled it): collect here instead.
+    Every case run's own results are on the shared file system; only the collector's work is redone."""
+    from .collector_job import finish_sweep, record_slurm_states
+    from .submit import Submission
+
+    collector = Submission.read(sweep_dir).collector or ""
+    state = states.get(collector)
+    out(f"collector job {collector} ended {state.state if state else 'without a trace'} before writing the "
+        f"verdicts: collecting here instead")
+    record_slurm_states(sweep_dir)
+    finish_sweep(sweep_dir)
 
 
 def collect_and_summarize(sweep_dir: Path, out: Callable[[str], Any]) -> dict[str, Any]:

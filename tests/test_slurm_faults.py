@@ -11,8 +11,9 @@ One module fixture drives all scenarios at once, so the file costs a few minutes
 2. Once the dead node is DOWN (so no new job lands on it), the other faults are submitted together: a phase-1
    failure after a checkpoint was saved (phase 2 must be cancelled by Slurm), a training phase requeued with
    `scontrol requeue` after its checkpoint, a timeout, a phase whose ranks lose their connections (the collector
-   retries it on another node), a driver process SIGKILLed right after submission, and two `orchestrator run`
-   started together on the same cases; one of those is then collected twice more.
+   retries it on another node), a driver process SIGKILLed right after submission, a collector job cancelled while
+   its sweep's driver waits (the driver collects instead), and two `orchestrator run` started together on the same
+   cases; one of those is then collected twice more.
 About 3 minutes on a loaded 2-core machine; SCENARIO_TIMEOUT_S bounds it.
 """
 
@@ -62,6 +63,7 @@ CASES: dict[str, tuple[str, int, dict[str, Any]]] = {
     "node_lost": ("regular", 7, {"SYNTH_SLEEP_PER_STEP": 5}),
     "p1fail": ("ckpt-resume", 9, {"SYNTH_FAIL_AT_STEP": 7, "SYNTH_FAIL_RANK": 1}),
     "sleepy": ("regular", 7, {"SYNTH_SLEEP_PER_STEP": 20}),
+    "orphan": ("regular", 7, {"SYNTH_SLEEP_PER_STEP": 1}),  # its collector job is cancelled while pending
     # its first attempt loses its "connections" (the synthetic stand-in for a network fault): the collector retries it
     "netflap": ("regular", 7, {"SYNTH_FAIL_AT_STEP": 3, "SYNTH_FAIL_KIND": "connection",
                                "SYNTH_FAIL_ONCE": "{root}/netflap.failed"}),
@@ -312,6 +314,7 @@ class Faults:
     restored: bool = False
     requeue: dict[str, Any] = field(default_factory=dict)
     driver_kill: dict[str, Any] = field(default_factory=dict)
+    collector_cancel: dict[str, Any] = field(default_factory=dict)
     recollect: list[dict[str, bytes]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     t0: float = field(default_factory=time.monotonic)
@@ -417,6 +420,13 @@ def drive(f: Faults, ok: Sweep) -> None:
             f.driver_kill = {"returncode": driver.proc.returncode, "collector": collector,
                              "collector_state": state.state if state else "PENDING"}
             f.mark("driver killed")
+        orphan = f.sweeps["orphan"]
+        if not f.collector_cancel and (orphan.submission() or {}).get("collector"):
+            collector = orphan.submission()["collector"]
+            state = slurm.sacct_states([collector]).get(collector)
+            subprocess.run(["scancel", collector], capture_output=True, timeout=30, check=True)
+            f.collector_cancel = {"collector": collector, "state_before": state.state if state else "PENDING"}
+            f.mark("collector cancelled")
         if restore is None and not f.restored and len(attempts(ok.case_dir("node_ok") / "run_1")) >= 2:
             restore = start_restore(node, f.root / "logs" / "restore.log")  # node_ok runs again elsewhere
             f.mark(f"{node} restore started")
@@ -426,7 +436,7 @@ def drive(f: Faults, ok: Sweep) -> None:
             f.forget_repair_by_others()
             f.mark(f"{node} restored")
         waiting = [s.name for s in f.sweeps.values() if s.run_dir and not s.collected()]
-        waiting += [s.name for s in f.twins if s.proc.poll() is None]
+        waiting += [s.name for s in [*f.twins, f.sweeps["orphan"]] if s.proc.poll() is None]
         if not waiting and f.restored and f.requeue:
             return
         if time.monotonic() > deadline:
@@ -468,6 +478,7 @@ def faults(slurm_cluster, tmp_path_factory) -> Faults:
         f.start("p1fail", "--no-wait", "--case", "synth/p1fail", run_dir=root / "p1fail")
         f.start("netflap", "--no-wait", "--case", "synth/netflap", run_dir=root / "netflap")
         f.start("driver", *waiting, "--case", "synth/steady", run_dir=root / "driver")  # killed once submitted
+        f.start("orphan", *waiting, "--case", "synth/orphan", run_dir=root / "orphan")  # its collector cancelled
         for i in (1, 2):  # the same cases, started together, each choosing its own run directory
             sweep = f.start(f"twin{i}", *waiting, "--case", "synth/steady", "--case", "synth/steady_resume",
                             "--results-dir", str(root / "twins"), "--name", "twin")
@@ -605,6 +616,18 @@ def test_driver_killed_after_submission_still_finishes(faults):
     row = assert_all_accounted(run.run_dir)["steady"]
     assert (row["verdict"], row["failure_class"]) == ("PASS", ""), row
     assert (run.run_dir / "report.html").exists()
+
+
+def test_lost_collector_job_is_replaced_by_the_waiting_driver(faults):
+    run, cancel = faults.sweeps["orphan"], faults.collector_cancel
+    assert cancel["state_before"] not in slurm.FINAL_STATES, cancel  # cancelled before it could collect
+    assert run.proc.returncode == 0, run.output()
+    assert f"collector job {cancel['collector']} ended CANCELLED" in run.output(), run.output()
+    row = assert_all_accounted(run.run_dir)["orphan"]
+    assert (row["verdict"], row["failure_class"]) == ("PASS", ""), row
+    state = json.loads((run.run_dir / "job_states.json").read_text())["synth/orphan@cpu#1:1"]
+    assert state["state"] == "COMPLETED", state
+    assert (run.run_dir / "report.html").exists() and not (run.run_dir / "collector_done.json").exists()
 
 
 def test_two_sweeps_at_once_do_not_clobber(faults):

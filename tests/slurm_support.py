@@ -80,7 +80,8 @@ def slurm_cluster() -> Iterator[ClusterStatus]:
         with _session_lease(state_dir):
             current = cluster.status(state_dir)
             if not current.healthy:
-                (state_dir / STARTED_MARKER).touch()
+                if not any(daemon.alive for daemon in current.daemons):
+                    (state_dir / STARTED_MARKER).touch()  # nothing ran: ours to stop; a half-up one is repaired only
                 current = cluster.up(state_dir=state_dir)
             yield current
     finally:  # also after a failed up: a half-up cluster we started must not stay behind

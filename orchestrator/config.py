@@ -12,7 +12,7 @@ import difflib
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -257,24 +257,14 @@ class PartitionConfig:
         return time_to_minutes(self.time)
 
 
-def _default_local_ranks() -> int:
-    return max(8, (os.cpu_count() or 1) * 4)
+class _ConfigFile:
+    """What the cluster and sweep configs share: validation from plain data, a JSON-ready dump, and the file
+    they were loaded from (set by the loaders; None when built in code)."""
 
-
-@dataclass
-class ClusterConfig:
-    """Where jobs run: `slurm` (submitit) or `local` (embedded executor), and the partitions offered."""
-
-    name: str = spec(min_length=1)
-    executor: Literal["slurm", "local"] = spec()
-    partitions: dict[str, PartitionConfig] = spec(min_length=1)
-    max_array_size: int | None = spec(None, ge=1)  # None: ask `scontrol show config`
-    local_max_ranks: int = spec(default_factory=_default_local_ranks, ge=1)
-
-    _source: Path | None = field(default=None, init=False, repr=False, compare=False)
+    _source: Path | None = None
 
     @classmethod
-    def from_dict(cls, data: Any, path: str | Path = CLI_SOURCE) -> ClusterConfig:
+    def from_dict(cls, data: Any, path: str | Path = CLI_SOURCE) -> Any:
         return _validate(cls, data, path)
 
     def to_dict(self, *, json: bool = False) -> dict[str, Any]:
@@ -284,6 +274,21 @@ class ClusterConfig:
     def source(self) -> Path | None:
         """The file this config was loaded from, if any."""
         return self._source
+
+
+def _default_local_ranks() -> int:
+    return max(8, (os.cpu_count() or 1) * 4)
+
+
+@dataclass
+class ClusterConfig(_ConfigFile):
+    """Where jobs run: `slurm` (submitit) or `local` (embedded executor), and the partitions offered."""
+
+    name: str = spec(min_length=1)
+    executor: Literal["slurm", "local"] = spec()
+    partitions: dict[str, PartitionConfig] = spec(min_length=1)
+    max_array_size: int | None = spec(None, ge=1)  # None: ask `scontrol show config`
+    local_max_ranks: int = spec(default_factory=_default_local_ranks, ge=1)
 
     def partition(self, name: str) -> PartitionConfig:
         if name not in self.partitions:
@@ -314,7 +319,7 @@ def _non_empty_items(value: list[str] | None) -> list[str] | None:
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(_ConfigFile):
     """What to run: case selection, partitions, environment and where results go."""
 
     name: str = spec("sweep", min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -334,19 +339,6 @@ class SweepConfig:
     workload: Literal[WORKLOADS] | None = None  # type: ignore[valid-type]
     infra_retries: int = spec(1, ge=0)
     time: str | None = spec(None, before=_check_time)  # overrides every partition's time limit
-
-    _source: Path | None = field(default=None, init=False, repr=False, compare=False)
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str | Path = CLI_SOURCE) -> SweepConfig:
-        return _validate(cls, data, path)
-
-    def to_dict(self, *, json: bool = False) -> dict[str, Any]:
-        return dump(self, json=json)
-
-    @property
-    def source(self) -> Path | None:
-        return self._source
 
     @property
     def time_minutes(self) -> int | None:

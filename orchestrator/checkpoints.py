@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .argv import flag_value
 from .fsutil import read_json, write_json_atomic, write_text_atomic
 from .task import TaskSpec
 
@@ -81,20 +82,9 @@ def read_manifest(checkpoint_dir: str | Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def argv_value(argv: list[str], flag: str) -> str | None:
-    """The value of `--flag V` or `--flag=V` (last one wins, as argparse does)."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
 def layout_from_argv(argv: list[str], world_size: int) -> dict[str, Any]:
     def size(flag: str) -> int:
-        value = argv_value(argv, flag)
+        value = flag_value(argv, flag)
         return int(value) if value and value.isdigit() else 1
 
     tp = size("--tensor-model-parallel-size")
@@ -107,7 +97,7 @@ def layout_from_argv(argv: list[str], world_size: int) -> dict[str, Any]:
         "ep": size("--expert-model-parallel-size"),
         "dp": max(world_size // (tp * pp * cp), 1),
         "world_size": world_size,
-        "ckpt_format": argv_value(argv, "--ckpt-format"),
+        "ckpt_format": flag_value(argv, "--ckpt-format"),
     }
 
 
@@ -219,7 +209,7 @@ def verify(
 
 def _check_layout(saved: dict[str, Any], task: TaskSpec) -> str | None:
     """Refuse what Megatron cannot load: another checkpoint format, or another TP/PP for legacy formats."""
-    if argv_value(task.argv, "--ckpt-convert-format") or "--auto-detect-ckpt-format" in task.argv:
+    if flag_value(task.argv, "--ckpt-convert-format") or "--auto-detect-ckpt-format" in task.argv:
         return None
     now = layout_from_argv(task.argv, task.world_size)
     if saved.get("ckpt_format") != now["ckpt_format"]:

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoints
+from .argv import flag_value
 from .errors import ConfigError
 from .fsutil import read_json, write_json_atomic, write_text_atomic
 from .task import WORKLOADS, TaskSpec
@@ -902,7 +903,7 @@ def _record_attempt(ctx: RankContext) -> dict[str, Any] | None:
 
 
 def load_dir(task: TaskSpec) -> str | None:
-    return checkpoints.argv_value(task.argv, "--load") or task.env.get("CHECKPOINT_LOAD_PATH")
+    return flag_value(task.argv, "--load") or task.env.get("CHECKPOINT_LOAD_PATH")
 
 
 def _same_dir(a: str | Path | None, b: str | Path | None) -> bool:

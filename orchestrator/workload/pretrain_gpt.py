@@ -31,6 +31,7 @@ import threading  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from functools import partial  # noqa: E402
 
+from orchestrator.argv import drop_flag, flag_value  # noqa: E402
 from orchestrator.workload import cpu_backend  # noqa: E402
 
 # TensorBoard tags with no CPU meaning (Megatron writes them unconditionally): dropped, never zeros.
@@ -67,12 +68,12 @@ def prepare_argv(argv: list[str], cpu: bool) -> list[str]:
     """CPU adaptation plus the fallbacks any machine without TransformerEngine/Apex needs (logged)."""
     if cpu:
         argv = cpu_backend.adapt_argv_for_cpu(argv, log=_log)
-    elif _flag_value(argv, "--transformer-impl", "transformer_engine") == "transformer_engine" and not _have(
+    elif flag_value(argv, "--transformer-impl", "transformer_engine") == "transformer_engine" and not _have(
             "transformer_engine"):
         _log("pretrain_gpt: TransformerEngine does not import: --transformer-impl local")
-        argv = [*_drop_flag(argv, "--transformer-impl"), "--transformer-impl", "local"]
+        argv = [*drop_flag(argv, "--transformer-impl"), "--transformer-impl", "local"]
     argv = _async_save_without_nvrx(argv)
-    local = _flag_value(argv, "--transformer-impl", "transformer_engine") == "local"
+    local = flag_value(argv, "--transformer-impl", "transformer_engine") == "local"
     if local and not _have("apex") and "--no-persist-layer-norm" not in argv:
         # Megatron defaults to Apex's persistent LayerNorm kernel; torch's LayerNorm asserts on it.
         _log("pretrain_gpt: no Apex: adding --no-persist-layer-norm")
@@ -84,13 +85,13 @@ def _async_save_without_nvrx(argv: list[str]) -> list[str]:
     """Megatron's default async-save strategy is NVRx; megatron-core ships its own ("mcore")."""
     if "--async-save" not in argv or _have("nvidia_resiliency_ext"):
         return argv
-    if _flag_value(argv, "--ckpt-format", "torch_dist") in ("fsdp_dtensor", "torch_dcp"):
+    if flag_value(argv, "--ckpt-format", "torch_dist") in ("fsdp_dtensor", "torch_dcp"):
         # 0.19's fsdp_dtensor/torch_dcp async path calls NVRx's API (save_state_dict_async_plan(
         # enable_cache=...), a 3-tuple for the finalize); megatron-core's own functions differ.
         _log("pretrain_gpt: nvidia-resiliency-ext is missing and the fsdp_dtensor/torch_dcp async save "
              "needs it: dropping --async-save (checkpoints are saved synchronously)")
-        return _drop_flag(argv, "--async-save")
-    if _flag_value(argv, "--async-strategy") is None:
+        return drop_flag(argv, "--async-save")
+    if flag_value(argv, "--async-strategy") is None:
         _log("pretrain_gpt: nvidia-resiliency-ext is missing: --async-strategy mcore")
         return [*argv, "--async-strategy", "mcore"]
     return argv
@@ -392,30 +393,6 @@ def _sys_argv(argv: list[str]) -> Iterator[None]:
         yield
     finally:
         sys.argv = saved
-
-
-def _flag_value(argv: list[str], flag: str, default: str | None = None) -> str | None:
-    value = default
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
-def _drop_flag(argv: list[str], flag: str) -> list[str]:
-    out, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        if arg == flag:
-            skip = i + 1 < len(argv) and not argv[i + 1].startswith("--")
-            continue
-        if not arg.startswith(flag + "="):
-            out.append(arg)
-    return out
 
 
 def _have(module: str) -> bool:

@@ -36,6 +36,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import slurm_support
+from synth_cases import SAVE_INTERVAL, TRAIN_ITERS, write_case
 
 from orchestrator import cluster, slurm
 from orchestrator.config import REPO_ROOT
@@ -44,7 +45,6 @@ from orchestrator.workload.synthetic import lm_loss, num_zeros
 slurm_cluster = slurm_support.slurm_cluster
 pytestmark = pytest.mark.slurm
 
-TRAIN_ITERS, SAVE_INTERVAL = 10, 5
 SCENARIO_TIMEOUT_S = 420  # everything after submission; a quiet machine needs about a third of it
 CLUSTER_FILE = """
 name: faults
@@ -79,15 +79,6 @@ TIME_LIMIT_MIN = 3
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def case_yaml(test_type: str, seed: int, env: dict[str, Any]) -> str:
-    lines = ["ENV_VARS:", "  NVTE_ALLOW_NONDETERMINISTIC_ALGO: 0", *(f"  {k}: {v}" for k, v in env.items()),
-             "MODEL_ARGS:", f"  --train-iters: {TRAIN_ITERS}", f"  --seed: {seed}",
-             "  --save: ${CHECKPOINT_SAVE_PATH}", "  --load: ${CHECKPOINT_LOAD_PATH}",
-             f"  --save-interval: {SAVE_INTERVAL}", "  --tensorboard-dir: ${TENSORBOARD_PATH}",
-             f"TEST_TYPE: {test_type}"]
-    return "\n".join(lines) + "\n"
-
-
 def _float32(value: float) -> float:
     return struct.unpack("f", struct.pack("f", value))[0]
 
@@ -103,10 +94,7 @@ def golden(seed: int) -> dict[str, Any]:
 def write_inputs(root: Path) -> dict[str, Path]:
     cases = root / "cases"
     for name, (test_type, seed, env) in CASES.items():
-        folder = cases / "synth" / name
-        folder.mkdir(parents=True)
-        env = {key: str(value).format(root=root) for key, value in env.items()}
-        (folder / "model_config.yaml").write_text(case_yaml(test_type, seed, env))
+        folder = write_case(cases, name, seed, test_type, {k: str(v).format(root=root) for k, v in env.items()})
         (folder / "golden_values_dev_cpu.json").write_text(json.dumps(golden(seed), indent=2))
     (cases / "recipes.yaml").write_text("".join(
         f"- {{case: synth/{name}, nodes: {SHAPES.get(name, (1, 1))[0]}, ranks_per_node: {SHAPES.get(name, (1, 1))[1]}}}\n"

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import slurm_support
 from slurm_support import sacct_states, sbatch, wait_for_job
+from synth_cases import write_case
 
 from orchestrator.config import REPO_ROOT
 
@@ -42,20 +43,6 @@ partitions:
   a100: {platform: dgx_a100, ranks_per_node: 2, nodes: 2, time: "00:05:00"}
 """
 
-CASE = """
-ENV_VARS:
-  NVTE_ALLOW_NONDETERMINISTIC_ALGO: 0
-MODEL_ARGS:
-  --train-iters: 10
-  --seed: {seed}
-  --save: ${{CHECKPOINT_SAVE_PATH}}
-  --load: ${{CHECKPOINT_LOAD_PATH}}
-  --save-interval: 5
-  --tensorboard-dir: ${{TENSORBOARD_PATH}}
-TEST_TYPE: {test_type}
-"""
-
-
 def orchestrator(*args: str, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
                           cwd=REPO_ROOT, timeout=timeout, env=env)
@@ -77,8 +64,7 @@ def sweep(slurm_cluster, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("slurm_sweep")
     cases = root / "cases"
     for name, seed, test_type in (("ok_regular", 1, "regular"), ("ok_resume", 2, "ckpt-resume")):
-        (cases / "synth" / name).mkdir(parents=True)
-        (cases / "synth" / name / "model_config.yaml").write_text(CASE.format(seed=seed, test_type=test_type))
+        write_case(cases, name, seed, test_type)
     (root / "local.yaml").write_text(LOCAL_CLUSTER)
     (root / "slurm.yaml").write_text(SLURM_CLUSTER)
     common = ["--case-root", str(cases), "--workload", "synthetic", "--results-dir", str(root)]

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from synth_cases import write_case
 
 from orchestrator.config import REPO_ROOT
 
@@ -25,30 +26,6 @@ partitions:
     ranks_per_node: 2
     time: "00:05:00"
 """
-
-TRAINING = """
-ENV_VARS:
-  NVTE_ALLOW_NONDETERMINISTIC_ALGO: 0
-{extra_env}
-MODEL_ARGS:
-  --train-iters: 10
-  --seed: {seed}
-  --save: ${{CHECKPOINT_SAVE_PATH}}
-  --load: ${{CHECKPOINT_LOAD_PATH}}
-  --save-interval: 5
-  --tensorboard-dir: ${{TENSORBOARD_PATH}}
-  --log-num-zeros-in-grad: true
-TEST_TYPE: {test_type}
-"""
-
-
-def _case(root: Path, name: str, *, seed: int = 1, test_type: str = "regular", extra_env: str = "") -> Path:
-    path = root / "synth" / name
-    path.mkdir(parents=True)
-    (path / "model_config.yaml").write_text(
-        TRAINING.format(seed=seed, test_type=test_type, extra_env=extra_env))
-    return path
-
 
 def orchestrator(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
@@ -66,12 +43,12 @@ def _verdicts(run_dir: Path) -> dict[str, dict]:
 @pytest.fixture()
 def workspace(tmp_path: Path) -> dict[str, Path]:
     cases = tmp_path / "cases"
-    _case(cases, "ok_regular", seed=1)
-    _case(cases, "ok_resume", seed=2, test_type="ckpt-resume")
-    _case(cases, "broken", seed=3)
-    _case(cases, "crash_resume", seed=4, test_type="ckpt-resume",
-          extra_env="  SYNTH_FAIL_AT_STEP: 3\n  SYNTH_FAIL_RANK: 1")
-    unsupported = _case(cases, "consistency", seed=5, test_type="checkpoint-consistency")
+    write_case(cases, "ok_regular", 1)
+    write_case(cases, "ok_resume", 2, "ckpt-resume")
+    write_case(cases, "broken", 3)
+    write_case(cases, "crash_resume", 4, "ckpt-resume",
+               env={"SYNTH_FAIL_AT_STEP": 3, "SYNTH_FAIL_RANK": 1})
+    unsupported = write_case(cases, "consistency", 5, "checkpoint-consistency")
     assert unsupported.exists()
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text(CLUSTER)

@@ -59,7 +59,7 @@ def test_collector_benchmark_reads_identical_values(bench_dir):
     report = Report(args={})
     collector.run(report, cases=3, steps=6, repeats=1)
     names = [f.name for f in report.figures]
-    assert any("collector, threaded" in n for n in names)
+    assert any("collector: every run dir in one batch" in n for n in names)
     main = report.figures[0]
     assert main.peer_name == "EventAccumulator loop" and main.ours and main.peer
     # the benchmark's own equality check, once more on the cached files

@@ -996,6 +996,7 @@ def prepare(ctx: RankContext, env: dict[str, str]) -> None:
     except (FileNotFoundError, ValueError):
         previous_status = {}
     previous = _record_attempt(ctx)
+    _check_requeue_budget(ctx)
     requeue = previous is not None and previous.get("job_id") == ctx.renv.job_id
     # A new job for a phase that already ran starts it over; `--fresh` (rerun.sbatch) asks for that even
     # after a failed attempt. A requeue of the same job always continues from its latest checkpoint.
@@ -1011,6 +1012,15 @@ def prepare(ctx: RankContext, env: dict[str, str]) -> None:
     ctx.write_phase_status(None)
     if task.before_script:
         run_script(ctx, "BEFORE_SCRIPT", task.before_script)
+
+
+def _check_requeue_budget(ctx: RankContext) -> None:
+    """Slurm requeues a `--requeue` job after a node failure up to its own MaxBatchRequeue (5 by default); the
+    sweep's `infra_retries` is the user's limit, spent by those requeues as by the collector's resubmissions."""
+    budget, requeues = ctx.task.max_requeues, ctx.renv.restart_count
+    if budget is not None and requeues > budget:
+        raise PhaseError(INFRA, f"Slurm requeued job {ctx.renv.job_id} {requeues} time(s); the sweep allows "
+                                f"infra_retries={budget}: not run again", kind="own")
 
 
 def _prepare_or_wait(ctx: RankContext, env: dict[str, str]) -> None:

@@ -427,6 +427,7 @@ def build_task(run: CaseRun, phase: int, sweep: SweepConfig, sweep_dir: Path, re
         after_script=case.after_script if sweep.allow_scripts else None,
         megatron_lm_path=str(sweep.megatron_lm) if sweep.megatron_lm else None,
         entry_script=entry,
+        max_requeues=sweep.infra_retries,
     )
 
 

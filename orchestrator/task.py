@@ -50,6 +50,8 @@ class TaskSpec:
     after_script: str | None = None
     megatron_lm_path: str | None = None  # checkout mode: run that checkout's own entry point
     entry_script: str | None = None  # checkout mode: e.g. pretrain_gpt.py
+    # The sweep's infra_retries: a job Slurm requeued more often than this is not run again (None: no limit).
+    max_requeues: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

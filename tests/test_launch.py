@@ -217,6 +217,17 @@ def test_requeue_resumes_from_latest_and_rerun_starts_over(tmp_path: Path) -> No
     assert "trained iterations 1..8" in (phase1.parent / "logs" / "rank_0.log").read_text().split("job 800")[1]
 
 
+def test_a_requeue_beyond_the_sweeps_infra_retries_is_not_run(tmp_path: Path) -> None:
+    task = make_task(tmp_path, 1, iters=4, interval=2, max_requeues=1)
+    assert launch_ranks(task, job="900", env={"SYNTH_FAIL_AT_STEP": "3"})[0]["code"] != 0
+    assert launch_ranks(task, job="900", restart=1, env={"SYNTH_FAIL_AT_STEP": "3"})[0]["code"] != 0  # budget: 1
+    refused = launch_ranks(task, job="900", restart=2)[0]
+    st = status(task)
+    assert refused["code"] != 0 and (st["state"], st["error_class"], st["attempt"]) == ("FAILED", "INFRA", 3), st
+    assert "requeued job 900 2 time(s); the sweep allows infra_retries=1" in st["error"], st
+    assert "trained iterations" not in (task.parent / "logs" / "rank_0.log").read_text().split("job 900")[-1]
+
+
 def test_peer_failure_stops_the_other_rank_and_reports_crash(tmp_path: Path) -> None:
     task = make_task(tmp_path, world=2, iters=50)
     results = launch_ranks(task, world=2, env={"SYNTH_FAIL_AT_STEP": "3", "SYNTH_FAIL_RANK": "1"}, timeout=30)

@@ -52,6 +52,8 @@ def render_status(run_dir: Path, plan_data: dict, states: dict[str, dict], colle
     done = sum(1 for s in states.values() if s.get("state") in slurm.FINAL_STATES)
     total = sum(len(r["phases"]) for r in plan_data["case_runs"] if not r.get("unsupported"))
     lines.append(f"{done}/{total} phases final; collector: {collector or 'n/a'}")
+    if collector in slurm.FINAL_STATES and not (run_dir / "summary.json").exists():
+        lines.append(f"the collector job ended {collector} without verdicts: run `orchestrator collect {run_dir}`")
     return "\n".join(lines)
 
 

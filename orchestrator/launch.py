@@ -1,8 +1,8 @@
 """What runs in every task (rank) of a job: the launch contract's far side.
 
-`run_task(task_json)` is what submitit runs, through `entry.run_phase` (one call per task: Slurm runs one task per rank via srun, the local
-executor spawns tasks_per_node processes); `python -m orchestrator.launch TASK_JSON` is the same for a plain
-`srun` (rerun.sbatch). Per rank it:
+`run_task(task_json)` is what submitit runs, through `entry.run_phase` (one call per task: Slurm runs one task
+per rank via srun, the local executor spawns tasks_per_node processes); `python -m orchestrator.launch TASK_JSON`
+is the same for a plain `srun` (rerun.sbatch). Per rank it:
   1. derives the rank environment (submitit's JobEnvironment, else SLURM_* vars, else one process) and exports
      RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE/NODE_RANK/MASTER_ADDR/MASTER_PORT, thread pinning and the task env;
   2. sends stdout/stderr to run_<phase>/logs/rank_<k>.log (teed to the real stdout on rank 0 and the last rank);

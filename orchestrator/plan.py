@@ -556,7 +556,9 @@ def code_revision() -> str:
 
 
 def code_revision_later() -> Callable[[], str]:
-    """Start asking git now (two processes at once); the returned function gives code_revision()'s answer."""
+    """Start asking git now (two processes at once); the returned function gives code_revision()'s answer (the
+    same one on every call)."""
+    import functools
     import subprocess
 
     git = ["git", "-C", str(REPO_ROOT)]
@@ -568,6 +570,7 @@ def code_revision_later() -> Callable[[], str]:
     except OSError:
         return lambda: "unknown"
 
+    @functools.cache
     def result() -> str:
         try:
             revision = head.communicate(timeout=10)[0].strip()

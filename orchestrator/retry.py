@@ -11,6 +11,7 @@ writes them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .fsutil import read_json, write_json_atomic
 
@@ -33,12 +34,22 @@ def infra_failed_runs(sweep_dir: Path, job_states: dict[str, dict]) -> dict[str,
     return failed
 
 
+def requeues(job_state: dict[str, Any] | None, status: dict[str, Any] | None = None) -> int:
+    """How often Slurm requeued a phase's job (node failure, `scontrol requeue`, preemption): its attempts - 1,
+    from the scheduler's state, else from the phase's status.json."""
+    job, status = job_state or {}, status or {}
+    attempts = job.get("attempts") if job.get("attempts") is not None else status.get("attempt")
+    try:
+        return max(int(attempts) - 1, 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def retries_used(key: str, resubmitted: dict[str, int], job_states: dict[str, dict]) -> int:
     """The case run's infrastructure retries so far: the collector's resubmissions and Slurm's own requeues
     (a node failure Slurm recovered by itself spends the same budget)."""
-    requeues = sum(max(int(state.get("attempts") or 1) - 1, 0) for phase_key, state in job_states.items()
-                   if phase_key.rsplit(":", 1)[0] == key)
-    return resubmitted.get(key, 0) + requeues
+    phases = [state for phase_key, state in job_states.items() if phase_key.rsplit(":", 1)[0] == key]
+    return resubmitted.get(key, 0) + sum(requeues(state) for state in phases)
 
 
 def retry_infra_failures(sweep_dir: Path, job_states: dict[str, dict]) -> list[str]:

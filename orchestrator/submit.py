@@ -19,13 +19,13 @@ from typing import Any
 import submitit
 
 from . import slurm
+from .collector_job import JOB_STATES_FILE
 from .entry import COLLECTOR_DONE_FILE, run_collector, run_phase
 from .fsutil import read_json, write_json_atomic
 from .plan import ArrayPlan, PhasePlan, Plan
 from .render import JOB_SETUP, array_parameters, collector_parameters, submitit_folder
 
 SUBMISSION_FILE = "submission.json"
-JOB_STATES_FILE = "job_states.json"
 
 
 # ----------------------------------------------------------------------------------------------- slurm

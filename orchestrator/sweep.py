@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ def prepare(sweep: SweepConfig, *, out_dir: Path | None = None, explicit_cases: 
     max_array = max_array_later() if max_array_later else cluster.max_array_size
     plan = build_plan(selected, sweep, cluster, recipes, sweep_dir=sweep_dir, sweep_id=sweep_id,
                       max_array_size=max_array, explicit_selection=explicit_cases)
-    plan.revision = functools.cache(revision_later)
+    plan.revision = revision_later
     check_cpu_flags(plan)
     return plan
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .compare import CHECK_RESULT_COLUMNS, CheckResult
 from .fsutil import write_json_atomic, write_text_atomic
+from .retry import requeues
 from .staleness import fingerprint_hash, is_golden_stale, load_provenance, read_run_fingerprint
 
 if TYPE_CHECKING:
@@ -194,18 +195,11 @@ def _elapsed(phase: PhaseData) -> float:
     return max(seconds, 0.0)
 
 
-def _requeues(phase: PhaseData) -> int:
-    """How often Slurm requeued this phase's job (a node failure, `scontrol requeue`, preemption)."""
-    job, status = phase.job_state or {}, phase.status or {}
-    attempts = job.get("attempts") if job.get("attempts") is not None else status.get("attempt")
-    return max(_int(attempts, 1) - 1, 0)
-
-
 def infra_retries(phases: list[PhaseData]) -> int:
     """Every run again for infrastructure reasons: Slurm's requeues of each phase, plus the collector's
     resubmissions of the whole case run (job_states.json carries their count on each phase)."""
     resubmitted = max((_int((phase.job_state or {}).get("retries"), 0) for phase in phases), default=0)
-    return sum(_requeues(phase) for phase in phases) + resubmitted
+    return sum(requeues(phase.job_state, phase.status) for phase in phases) + resubmitted
 
 
 def verdict_row(sweep_id: str, result: CaseRunResult) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ _U64 = struct.Struct("<Q")
 _VECTOR_CRC_MAX = 256  # longer records (text summaries, graphs) are few: checksum them one by one
 _CRC_CHUNK = 32768  # records per bulk step: bounds the (records x bytes) index arrays of huge files
 _PAD = 64  # zero bytes after the data so that bulk decoding never indexes out of range
+_BATCH_BYTES = 64 << 20  # event-file bytes read into one buffer (and decoded together) at most
 
 
 def _crc32c_table() -> np.ndarray:
@@ -484,22 +485,43 @@ class TensorBoardRequest:
 def read_tensorboard_many(requests: Sequence[TensorBoardRequest]) -> list[dict[str, dict[int, float]] | Exception]:
     """metric → {step: round(value, 5)} per run dir, as Megatron's read_tb_logs_as_list + extractor produce them.
 
-    Every event file of every request is read in one batch; a dir whose files cannot be read or parsed yields
-    its exception instead of stopping the rest.
+    The event files are read in batches of up to _BATCH_BYTES (one buffer each); a dir whose files cannot be
+    read or parsed yields its exception instead of stopping the rest.
     """
-    files = [event_files(request.tb_dir) for request in requests]
     wanted = tuple(dict.fromkeys(tag for request in requests for tag in request.tags))
-    scalars = iter(read_event_files([path for paths in files for path in paths], wanted))
     results: list[dict[str, dict[int, float]] | Exception] = []
-    for request, paths in zip(requests, files, strict=True):
-        per_file = [next(scalars) for _ in paths]
-        error = next((item for item in per_file if isinstance(item, Exception)), None)
-        if error is not None:
-            results.append(error)
-            continue
-        results.append(_select(per_file, request.train_iters, request.merge_files, request.step_size,  # type: ignore[arg-type]
-                               request.tags))
+    for batch in _batches(requests):
+        scalars = iter(read_event_files([path for _, paths in batch for path in paths], wanted))
+        for request, paths in batch:
+            per_file = [next(scalars) for _ in paths]
+            error = next((item for item in per_file if isinstance(item, Exception)), None)
+            results.append(error if error is not None else _select(
+                per_file, request.train_iters, request.merge_files, request.step_size, request.tags))  # type: ignore[arg-type]
     return results
+
+
+def _batches(requests: Sequence[TensorBoardRequest]) -> Iterator[list[tuple[TensorBoardRequest, list[Path]]]]:
+    """The requests with their event files, in order, grouped so that a group's files hold ≤ _BATCH_BYTES (a
+    request larger than that is a group of its own): a large sweep's events never sit in memory all at once."""
+    batch: list[tuple[TensorBoardRequest, list[Path]]] = []
+    size = 0
+    for request in requests:
+        paths = event_files(request.tb_dir)
+        request_size = sum(_file_size(path) for path in paths)
+        if batch and size + request_size > _BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append((request, paths))
+        size += request_size
+    if batch:
+        yield batch
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def read_tensorboard_scalars(

@@ -177,6 +177,21 @@ def test_read_many_reports_errors_per_directory(tmp_path):
     assert isinstance(results[1], Exception)
 
 
+def test_read_many_gives_the_same_in_small_batches(tmp_path, monkeypatch):
+    dirs = []
+    for i in range(5):
+        dirs.append(tmp_path / f"run{i}")
+        write_raw_events(dirs[-1] / "events.out.tfevents.1.host", loss_events(range(1, 6 + i), offset=i / 10))
+    (dirs[2] / "events.out.tfevents.1.host").write_bytes(framed(b"\x2a\x05garbage"))  # fails alone
+    requests = [collect.TensorBoardRequest(d, 100) for d in dirs]
+    together = collect.read_tensorboard_many(requests)
+    monkeypatch.setattr(collect, "_BATCH_BYTES", 1)  # every dir its own batch
+    apart = collect.read_tensorboard_many(requests)
+    assert [r if not isinstance(r, Exception) else "error" for r in apart] == [
+        r if not isinstance(r, Exception) else "error" for r in together]
+    assert isinstance(apart[2], Exception) and list(apart[4]["lm loss"]) == list(range(1, 10))
+
+
 def framed(payload: bytes) -> bytes:
     """One TFRecord with valid CRCs around an arbitrary payload."""
     sink = io.BytesIO()
